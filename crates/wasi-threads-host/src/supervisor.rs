@@ -1,0 +1,303 @@
+//! The supervisor: learns of every thread's start and end, decides the
+//! program's one [`Outcome`], stops every other thread and joins them.
+//!
+//! It runs on the thread that called [`WasiThreads::run`](crate::WasiThreads::run),
+//! fed through a `crossbeam-channel` by the guest threads themselves, so no
+//! guest thread ever waits for it and nothing it needs lives in thread-local
+//! storage.
+
+use crate::stop::StopSignal;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::fmt;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The TID reported for the main thread (the one that runs `_start`); the
+/// wasi-threads ABI gives spawned threads TIDs from 1 up.
+pub const MAIN_TID: u32 = 0;
+
+/// How one guest thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThreadExit {
+    /// Its entry point (`_start` or `wasi_thread_start`) returned.
+    Returned,
+    /// It called `proc_exit` with this code.
+    Exit(i32),
+    /// It trapped.
+    Trap(TrapInfo),
+    /// The supervisor stopped it because the program was ending.
+    Stopped,
+    /// Host code running on it panicked (an embedder's host function, say).
+    HostPanic(String),
+}
+
+/// What a trap looked like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrapInfo {
+    /// The trap's message, e.g. "wasm `unreachable` instruction executed".
+    pub message: String,
+    /// The wasm backtrace, as Wasmtime prints it, when one was captured.
+    pub backtrace: Option<String>,
+}
+
+/// How a whole program ended: the first cause wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The program exited: `proc_exit(code)` in thread `tid`, or `_start`
+    /// returning (code 0, [`MAIN_TID`]).
+    Exit { code: i32, tid: u32 },
+    /// Thread `tid` trapped.
+    Trap { tid: u32, trap: TrapInfo },
+    /// Host code panicked on thread `tid`; the panic was contained.
+    HostPanic { tid: u32, message: String },
+    /// The embedder cancelled the program through a [`CancelHandle`].
+    Cancelled,
+    /// The program ran past its wall-clock limit.
+    TimedOut,
+}
+
+impl Outcome {
+    /// The exit status a command-line runner should use: the guest's code,
+    /// 134 (128 + SIGABRT, as `wasmtime run` does) for a trap or a host
+    /// panic, and 124 (as `timeout(1)` does) for a time-out or cancellation.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Outcome::Exit { code, .. } => *code,
+            Outcome::Trap { .. } | Outcome::HostPanic { .. } => 134,
+            Outcome::Cancelled | Outcome::TimedOut => 124,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Exit { code, tid } => write!(f, "exit code {code} (thread {tid})"),
+            Outcome::Trap { tid, trap } => {
+                write!(f, "thread {tid} trapped: {}", trap.message)?;
+                if let Some(bt) = &trap.backtrace {
+                    write!(f, "\n{bt}")?;
+                }
+                Ok(())
+            }
+            Outcome::HostPanic { tid, message } => {
+                write!(f, "host code panicked on thread {tid}: {message}")
+            }
+            Outcome::Cancelled => f.write_str("cancelled by the embedder"),
+            Outcome::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
+/// Something that happened to one thread, as the embedder's event stream
+/// ([`WasiThreads::events`](crate::WasiThreads::events)) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThreadEvent {
+    /// Thread `tid` was spawned.
+    Spawned { tid: u32 },
+    /// Thread `tid` ended.
+    Exited { tid: u32, exit: ThreadExit },
+}
+
+/// What guest threads tell the supervisor.
+pub(crate) enum Event {
+    /// An OS thread was started for a guest thread.
+    Started {
+        serial: u64,
+        tid: u32,
+        handle: JoinHandle<()>,
+    },
+    /// A TID was allocated but no OS thread could be started for it.
+    SpawnFailed,
+    /// A guest thread finished; its store is already dropped.
+    Exited {
+        serial: u64,
+        tid: u32,
+        exit: ThreadExit,
+    },
+    /// The embedder asked the program to stop.
+    Cancel,
+}
+
+/// Stops a running program from any thread.
+#[derive(Clone, Debug)]
+pub struct CancelHandle {
+    pub(crate) events: Sender<Event>,
+}
+
+impl CancelHandle {
+    /// Asks the program to stop; its outcome is [`Outcome::Cancelled`] unless
+    /// another cause came first. Does nothing once the program has ended.
+    pub fn cancel(&self) {
+        let _ = self.events.send(Event::Cancel);
+    }
+}
+
+/// Whether every thread was joined, and how long stopping took.
+#[derive(Debug, Clone)]
+pub(crate) struct JoinReport {
+    pub detached: usize,
+}
+
+struct Tracked {
+    handle: Option<JoinHandle<()>>,
+    exited: bool,
+}
+
+/// The supervisor's state for one program run.
+pub(crate) struct Supervisor {
+    rx: Receiver<Event>,
+    observer: Option<Sender<ThreadEvent>>,
+    threads: HashMap<u64, Tracked>,
+    /// Spawns accounted for: OS threads started, or failed to start.
+    spawns_seen: u64,
+}
+
+impl Supervisor {
+    pub(crate) fn new(rx: Receiver<Event>, observer: Option<Sender<ThreadEvent>>) -> Self {
+        Supervisor {
+            rx,
+            observer,
+            threads: HashMap::new(),
+            spawns_seen: 0,
+        }
+    }
+
+    /// Registers the main thread, which `run` starts itself.
+    pub(crate) fn track_main(&mut self, serial: u64, handle: JoinHandle<()>) {
+        self.threads.insert(
+            serial,
+            Tracked {
+                handle: Some(handle),
+                exited: false,
+            },
+        );
+    }
+
+    /// Waits for the first cause that ends the program.
+    pub(crate) fn wait_for_outcome(&mut self, deadline: Option<Instant>) -> Outcome {
+        loop {
+            let event = match deadline {
+                Some(deadline) => match self.rx.recv_deadline(deadline) {
+                    Ok(event) => event,
+                    Err(RecvTimeoutError::Timeout) => return Outcome::TimedOut,
+                    // Unreachable while the program holds a sender; treat it
+                    // as the embedder going away.
+                    Err(RecvTimeoutError::Disconnected) => return Outcome::Cancelled,
+                },
+                None => match self.rx.recv() {
+                    Ok(event) => event,
+                    Err(_) => return Outcome::Cancelled,
+                },
+            };
+            if let Some(outcome) = self.record(event) {
+                return outcome;
+            }
+        }
+    }
+
+    /// Books an event; returns the outcome if the event ends the program.
+    fn record(&mut self, event: Event) -> Option<Outcome> {
+        match event {
+            Event::Started { serial, tid, handle } => {
+                self.spawns_seen += 1;
+                self.observe(ThreadEvent::Spawned { tid });
+                let entry = self.threads.entry(serial).or_insert(Tracked {
+                    handle: None,
+                    exited: false,
+                });
+                entry.handle = Some(handle);
+                self.join_if_done(serial);
+                None
+            }
+            Event::SpawnFailed => {
+                self.spawns_seen += 1;
+                None
+            }
+            Event::Exited { serial, tid, exit } => {
+                log::debug!("thread {tid} ended: {exit:?}");
+                self.threads
+                    .entry(serial)
+                    .or_insert(Tracked {
+                        handle: None,
+                        exited: false,
+                    })
+                    .exited = true;
+                self.join_if_done(serial);
+                let outcome = match &exit {
+                    ThreadExit::Returned if tid == MAIN_TID => {
+                        Some(Outcome::Exit { code: 0, tid })
+                    }
+                    ThreadExit::Returned | ThreadExit::Stopped => None,
+                    ThreadExit::Exit(code) => Some(Outcome::Exit { code: *code, tid }),
+                    ThreadExit::Trap(trap) => Some(Outcome::Trap {
+                        tid,
+                        trap: trap.clone(),
+                    }),
+                    ThreadExit::HostPanic(message) => Some(Outcome::HostPanic {
+                        tid,
+                        message: message.clone(),
+                    }),
+                };
+                self.observe(ThreadEvent::Exited { tid, exit });
+                outcome
+            }
+            Event::Cancel => Some(Outcome::Cancelled),
+        }
+    }
+
+    fn observe(&self, event: ThreadEvent) {
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(event);
+        }
+    }
+
+    fn join_if_done(&mut self, serial: u64) {
+        let done = matches!(self.threads.get(&serial), Some(t) if t.exited && t.handle.is_some());
+        if done {
+            if let Some(Tracked {
+                handle: Some(handle),
+                ..
+            }) = self.threads.remove(&serial)
+            {
+                // The thread has sent its last event; it only has to return.
+                let _ = handle.join();
+            }
+        }
+    }
+
+    /// After the stop signal: joins every thread, given that `spawns_total`
+    /// spawns were ever allocated (the allocator is closed, so no more come).
+    /// Threads that do not finish within `grace` are detached and counted.
+    pub(crate) fn join_all(&mut self, spawns_total: u64, grace: Duration) -> JoinReport {
+        let deadline = Instant::now() + grace;
+        while self.spawns_seen < spawns_total || !self.threads.is_empty() {
+            match self.rx.recv_deadline(deadline) {
+                Ok(event) => {
+                    // Causes that arrive now lose: the outcome is decided.
+                    let _ = self.record(event);
+                }
+                Err(_) => break,
+            }
+        }
+        let detached = self.threads.len() + (spawns_total - self.spawns_seen.min(spawns_total)) as usize;
+        if detached > 0 {
+            log::warn!(
+                "{detached} guest thread(s) did not stop within {grace:?}; detaching them"
+            );
+        }
+        JoinReport { detached }
+    }
+}
+
+/// Makes the ending visible to every thread: running wasm through the epoch,
+/// sleepers through the stop signal.
+pub(crate) fn stop_everything(engine: &wasmtime::Engine, stop: &StopSignal) {
+    stop.trigger();
+    // Every program store has an epoch deadline one tick ahead, so a single
+    // tick sends each running thread into its deadline callback, which sees
+    // the stop signal and unwinds.
+    engine.increment_epoch();
+}

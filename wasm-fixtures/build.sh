@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Rebuild every wasi-threads test fixture from source into wasm-fixtures/*.wasm,
+# and native x86_64 builds of the C programs into wasm-fixtures/native/.
+#
+#   ./build.sh                 everything (installs clang-19 etc. via apt and
+#                              the C sysroot under .sysroot/ when missing)
+#   ./build.sh --native-only   only the native gcc builds (needs just gcc)
+#   ./build.sh NAME...         only the named fixtures (e.g. c-term rust-rayon)
+#
+# Idempotent: apt / rustup / sysroot work is skipped when already present.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$HERE"
+
+NATIVE_ONLY=0
+ONLY=()
+for a in "$@"; do
+  case "$a" in
+    --native-only) NATIVE_ONLY=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -*) echo "unknown option $a" >&2; exit 2 ;;
+    *) ONLY+=("${a%.wasm}") ;;
+  esac
+done
+
+MIB=1048576
+# C fixtures and their --max-memory (default 64 MiB)
+C_FIXTURES=(c-pthreads c-exit-thread c-trap-thread c-main-return c-exit-code
+            c-term c-shared-file c-sleep-writer c-torn-lines c-exit-midwrite
+            bench-spawn bench-burst bench-cpu bench-pingpong bench-idle bench-fdwrite
+            c-spawn-limit c-churn c-many-live c-grow c-stack-overflow c-infinite)
+RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread)
+max_memory() {
+  case "$1" in
+    c-many-live) echo $((128 * MIB)) ;;
+    bench-idle) echo $((256 * MIB)) ;;
+    *) echo $((64 * MIB)) ;;
+  esac
+}
+wanted() {
+  [ ${#ONLY[@]} -eq 0 ] && return 0
+  local x; for x in "${ONLY[@]}"; do [ "$x" = "$1" ] && return 0; done
+  return 1
+}
+log() { echo "== $*" >&2; }
+
+# ---------------------------------------------------------------- native (gcc)
+build_native() {
+  mkdir -p native
+  local n
+  for n in "${C_FIXTURES[@]}"; do
+    wanted "$n" || continue
+    gcc -O2 -pthread -Wall -Wextra -o "native/$n" "c/$n.c"
+  done
+  log "native builds in $HERE/native/"
+}
+
+build_native
+[ "$NATIVE_ONLY" = 1 ] && exit 0
+
+# ---------------------------------------------------------------- toolchain
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+APT_PKGS=(clang-19 lld-19 libclang-rt-19-dev-wasm32 llvm-19 unzip python3-pip)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1-threads; then
+  log "rustup target add wasm32-wasip1-threads"
+  rustup target add wasm32-wasip1-threads
+fi
+
+# The sysroot's libc.a comes from the Rust toolchain: rebuild it when rustc changes.
+SYSROOT="$HERE/.sysroot"
+STAMP="$(rustc --version) | $(sha256sum setup-wasi-threads-sysroot.sh | cut -c1-16)"
+if [ ! -f "$SYSROOT/lib/wasm32-wasi-threads/libc.a" ] || [ "$(cat "$SYSROOT/.stamp" 2>/dev/null)" != "$STAMP" ]; then
+  log "assembling C sysroot in $SYSROOT"
+  SKIP_APT=1 RUST_TOOLCHAIN="$(rustup show active-toolchain | cut -d' ' -f1)" \
+    bash ./setup-wasi-threads-sysroot.sh "$SYSROOT" >&2
+  echo "$STAMP" > "$SYSROOT/.stamp"
+fi
+
+# ---------------------------------------------------------------- C -> wasm
+for n in "${C_FIXTURES[@]}"; do
+  wanted "$n" || continue
+  clang-19 --target=wasm32-wasi-threads -pthread --sysroot="$SYSROOT" -O2 -Wall -Wextra \
+    -o "$n.wasm" "c/$n.c" \
+    -Wl,--import-memory,--export-memory,--max-memory="$(max_memory "$n")" -Wl,--strip-debug
+done
+log "C fixtures built"
+
+# ---------------------------------------------------------------- Rust -> wasm
+# Each crate is its own workspace; .cargo/config.toml sets target + rustflags.
+unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_TARGET
+export CARGO_TARGET_DIR="$HERE/target"
+for n in "${RUST_FIXTURES[@]}"; do
+  wanted "$n" || continue
+  (cd "rust/$n" && cargo build --quiet --release --locked)
+  cp "$CARGO_TARGET_DIR/wasm32-wasip1-threads/release/$n.wasm" "$n.wasm"
+done
+log "Rust fixtures built"
+
+# ---------------------------------------------------------------- check
+INSPECT="$HERE/../../shared/toolchain/wasm_inspect.py"
+if [ -f "$INSPECT" ] && command -v python3 >/dev/null; then
+  for f in *.wasm; do
+    wanted "${f%.wasm}" || continue
+    python3 "$INSPECT" "$f" --check-wasi-threads >/dev/null || { echo "wasi-threads check failed: $f" >&2; exit 1; }
+  done
+  log "wasm_inspect --check-wasi-threads: all OK"
+fi
+ls -l *.wasm >&2
