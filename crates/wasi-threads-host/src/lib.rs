@@ -25,11 +25,13 @@
 
 mod memory;
 mod program;
+mod rewrite;
 mod runner;
 mod spawn;
 mod stop;
 mod supervisor;
 mod tid;
+mod wait;
 pub mod wasi;
 
 pub use memory::{ImportedMemory, MemoryPlan};
@@ -37,6 +39,7 @@ pub use program::{
     DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE, ThreadsConfig, WasiThreads,
     engine_config,
 };
+pub use rewrite::compile;
 pub use runner::Runner;
 pub use spawn::{EAGAIN, ENOSYS};
 pub use stop::{StopSignal, Stopped};

@@ -7,6 +7,7 @@ use crate::spawn::{self, Shared, StoreSetup};
 use crate::stop::StopSignal;
 use crate::supervisor::{self, CancelHandle, Event, MAIN_TID, Outcome, Supervisor, ThreadEvent};
 use crate::tid::TidAllocator;
+use crate::wait::{self, ParkingLot};
 use crossbeam_channel::{Receiver, Sender};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::AtomicU64;
@@ -182,13 +183,15 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             log::warn!("{why}: every thread-spawn will fail");
         }
         let (events, rx) = crossbeam_channel::unbounded();
+        let stop = StopSignal::new();
         let shared = Arc::new(Shared {
             engine: engine.clone(),
             module: module.clone(),
             pre: OnceLock::new(),
             tids: TidAllocator::new(config.max_threads),
             events: events.clone(),
-            stop: StopSignal::new(),
+            stop: stop.clone(),
+            parking: Arc::new(ParkingLot::new(stop)),
             serials: AtomicU64::new(1),
             entry_error,
             stack_size: config.stack_size,
@@ -245,6 +248,14 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         spawn::add_thread_spawn(linker, Arc::downgrade(&self.shared))?;
         if let Some((import, memory)) = &self.memory {
             linker.define(store, &import.module, &import.name, memory.clone())?;
+            if self
+                .shared
+                .module
+                .imports()
+                .any(|i| i.module() == crate::rewrite::HOST_MODULE)
+            {
+                wait::add_to_linker(linker, &self.shared.parking, memory)?;
+            }
         }
         Ok(())
     }
@@ -297,7 +308,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         let outcome = supervisor.wait_for_outcome(deadline);
         log::debug!("program ended: {outcome}; stopping every thread");
         let spawns_total = shared.tids.close();
-        supervisor::stop_everything(&shared.engine, &shared.stop);
+        supervisor::stop_everything(&shared.engine, &shared.stop, &shared.parking);
         supervisor.join_all(spawns_total, self.join_timeout);
         Ok(outcome)
     }

@@ -146,7 +146,7 @@ impl Runner {
             Some(engine) => engine.clone(),
             None => Engine::new(&engine_config())?,
         };
-        let module = Module::new(&engine, bytes)?;
+        let module = crate::rewrite::compile(&engine, bytes)?;
         self.run_module(&module)
     }
 

@@ -35,6 +35,7 @@ pub(crate) struct Shared<T: 'static> {
     pub tids: TidAllocator,
     pub events: Sender<Event>,
     pub stop: StopSignal,
+    pub parking: Arc<crate::wait::ParkingLot>,
     pub serials: AtomicU64,
     /// Why `wasi_thread_start` cannot be called, if it cannot.
     pub entry_error: Option<String>,

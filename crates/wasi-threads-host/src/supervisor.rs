@@ -293,9 +293,14 @@ impl Supervisor {
 }
 
 /// Makes the ending visible to every thread: running wasm through the epoch,
-/// sleepers through the stop signal.
-pub(crate) fn stop_everything(engine: &wasmtime::Engine, stop: &StopSignal) {
+/// sleepers through the stop signal, parked threads through the parking lot.
+pub(crate) fn stop_everything(
+    engine: &wasmtime::Engine,
+    stop: &StopSignal,
+    parking: &crate::wait::ParkingLot,
+) {
     stop.trigger();
+    parking.wake_all();
     // Every program store has an epoch deadline one tick ahead, so a single
     // tick sends each running thread into its deadline callback, which sees
     // the stop signal and unwinds.
