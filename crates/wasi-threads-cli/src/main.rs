@@ -3,13 +3,17 @@
 mod cli;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use std::io::Write;
 use std::process::ExitCode;
 use wasi_threads_host::{Outcome, Runner};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let status = match run(cli) {
         Ok(outcome) => {
             match &outcome {
@@ -53,4 +57,18 @@ fn run(cli: cli::Cli) -> wasmtime::Result<Outcome> {
         runner = runner.timeout(limit);
     }
     runner.run_file(&cli.module)
+}
+
+/// `--help` and `--version` print and succeed; any other parse error is one
+/// line on stderr and exit status 1, like every other bad input.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("Error: {first} (see --help)");
+    ExitCode::from(1)
 }

@@ -108,13 +108,7 @@ fn wait_or_notify_memory(op: &Operator<'_>) -> Option<u32> {
 /// without it still runs, but threads parked in `memory.atomic.wait` when the
 /// program ends cannot be stopped and are detached.
 pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module> {
-    let binary = wat::parse_bytes(bytes).map_err(|e| {
-        if bytes.starts_with(b"\0asm") {
-            format_err!("{e}")
-        } else {
-            format_err!("not a WebAssembly module (neither binary nor text format): {e}")
-        }
-    })?;
+    let binary = to_binary(bytes)?;
     Module::validate(engine, &binary)?;
     match rewrite(&binary)? {
         Some(rewritten) => {
@@ -125,11 +119,31 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module> {
     }
 }
 
+/// The binary form of a module given in binary or text form, with a one-line
+/// error for anything else.
+fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    if bytes.starts_with(b"\0asm") {
+        return Ok(bytes.into());
+    }
+    let looks_like_text = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'(' || *b == b';');
+    if !looks_like_text {
+        bail!("not a WebAssembly module: it starts with neither `\\0asm` nor a text-format `(`");
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| format_err!("not a WebAssembly module: text format must be UTF-8"))?;
+    wat::parse_str(text)
+        .map(Into::into)
+        .map_err(|e| format_err!("invalid WebAssembly text: {}", e.to_string().replace('\n', " ")))
+}
+
 /// Returns the module with its waits and notifies on the imported shared
 /// memory routed through the host, or `None` if it has none (or was already
 /// rewritten). Text-format input is accepted and returned as binary.
 pub fn rewrite(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
-    let binary = wat::parse_bytes(bytes).map_err(|e| format_err!("{e}"))?;
+    let binary = to_binary(bytes)?;
     let scan = scan(&binary).map_err(|e| e.context("invalid WebAssembly module"))?;
     let Some(memory) = scan.shared_memory else {
         return Ok(None);

@@ -1,0 +1,106 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|p| p.join("wasm-fixtures").is_dir() && p.join("Cargo.toml").is_file())
+        .expect("workspace root with wasm-fixtures/")
+        .to_path_buf()
+}
+
+/// A bundled fixture.
+pub fn fixture(name: &str) -> PathBuf {
+    let path = root().join("wasm-fixtures").join(name);
+    assert!(path.is_file(), "missing fixture {}", path.display());
+    path
+}
+
+/// `../shared/corpus/wasi-testsuite`, beside the checkout.
+pub fn corpus_dir() -> PathBuf {
+    let dir = root().join("../shared/corpus/wasi-testsuite");
+    assert!(
+        dir.is_dir(),
+        "the conformance corpus must be at {} (../shared beside the checkout)",
+        dir.display()
+    );
+    dir
+}
+
+/// What a CLI run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// How the child's stdin is set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// An open pipe nobody writes to: reads block.
+    OpenPipe,
+    /// Empty: reads see end of file.
+    Null,
+}
+
+/// Runs the `wasi-threads` binary with `args`, killing it after `limit`.
+pub fn run_cli(bin: &str, args: &[&str], stdin: Stdin, limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(match stdin {
+            Stdin::OpenPipe => Stdio::piped(),
+            Stdin::Null => Stdio::null(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn wasi-threads");
+    // Keep the write end open (never written) until the child is gone.
+    let _stdin = child.stdin.take();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+    assert!(
+        status.is_some(),
+        "wasi-threads {args:?} did not finish within {limit:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    Run {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+        elapsed,
+    }
+}
