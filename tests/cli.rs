@@ -95,7 +95,11 @@ fn trap_in_a_spawned_thread_is_134_with_thread_and_backtrace() {
     assert_exit(&run, 134);
     assert!(run.stderr.contains("thread 1 trapped"), "{}", run.stderr);
     assert!(run.stderr.contains("unreachable"), "{}", run.stderr);
-    assert!(run.stderr.contains("c-trap-thread.wasm!worker"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("c-trap-thread.wasm!worker"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -110,14 +114,22 @@ fn main_returning_ends_the_program_while_threads_run() {
     let run = run_fixture("c-main-return.wasm", &[]);
     assert_exit(&run, 0);
     assert_eq!(run.stdout, "main done\n");
-    assert!(run.elapsed < Duration::from_secs(5), "took {:?}", run.elapsed);
+    assert!(
+        run.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        run.elapsed
+    );
 }
 
 #[test]
 fn stack_overflow_in_a_thread_is_a_trap_not_a_crash() {
     let run = run_fixture("c-stack-overflow.wasm", &[]);
     assert_exit(&run, 134);
-    assert!(run.stderr.contains("call stack exhausted"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("call stack exhausted"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -130,7 +142,11 @@ fn spawning_past_the_limit_is_eagain_and_recovers() {
     let path = fixture("c-spawn-limit.wasm");
     let run = cli(&["--max-threads", "5", path.to_str().unwrap()]);
     assert_exit(&run, 0);
-    assert!(run.stdout.contains("limit reached after 5: EAGAIN\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("limit reached after 5: EAGAIN\n"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -143,7 +159,12 @@ fn preopened_dir_and_args_reach_the_guest() {
     assert_exit(&run, 0);
     let written = std::fs::read_to_string(dir.join("out.txt")).unwrap();
     assert!(!written.is_empty());
-    assert!(run.stdout.contains(&written), "stdout {:?} file {:?}", run.stdout, written);
+    assert!(
+        run.stdout.contains(&written),
+        "stdout {:?} file {:?}",
+        run.stdout,
+        written
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -196,13 +217,27 @@ fn bad_input_is_one_line_and_exit_1() {
         let run = cli(&args);
         assert_exit(&run, 1);
         assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
-        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: {}",
+            run.stderr
+        );
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     }
-    for args in [&["--max-threads", "many", "x.wasm"][..], &["--no-such-flag", "x.wasm"], &[]] {
+    for args in [
+        &["--max-threads", "many", "x.wasm"][..],
+        &["--no-such-flag", "x.wasm"],
+        &[],
+    ] {
         let run = cli(args);
         assert_exit(&run, 1);
-        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: {}",
+            run.stderr
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -17,9 +17,12 @@ fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn expected_exit(name: &str) -> i32 {
-    let json = std::fs::read_to_string(corpus_dir().join(format!("{name}.json"))).unwrap_or_default();
+    let json =
+        std::fs::read_to_string(corpus_dir().join(format!("{name}.json"))).unwrap_or_default();
     assert!(
-        json_field(&json, "args").is_none() && json_field(&json, "dirs").is_none() && json_field(&json, "env").is_none(),
+        json_field(&json, "args").is_none()
+            && json_field(&json, "dirs").is_none()
+            && json_field(&json, "env").is_none(),
         "{name}.json asks for args, dirs or env, which this test does not pass"
     );
     json_field(&json, "exit_code")
@@ -32,7 +35,12 @@ fn expected_exit(name: &str) -> i32 {
 
 fn check(name: &str) {
     let wasm = corpus_dir().join(format!("{name}.wasm"));
-    let run = run_cli(BIN, &[wasm.to_str().unwrap()], Stdin::OpenPipe, Duration::from_secs(20));
+    let run = run_cli(
+        BIN,
+        &[wasm.to_str().unwrap()],
+        Stdin::OpenPipe,
+        Duration::from_secs(20),
+    );
     assert_eq!(
         run.code,
         Some(expected_exit(name)),
@@ -42,7 +50,11 @@ fn check(name: &str) {
     );
     // Every test ends with the program, however the other threads are
     // blocked; the guests themselves sleep up to 500 ms.
-    assert!(run.elapsed < Duration::from_secs(3), "{name} took {:?}", run.elapsed);
+    assert!(
+        run.elapsed < Duration::from_secs(3),
+        "{name} took {:?}",
+        run.elapsed
+    );
 }
 
 macro_rules! corpus_tests {

@@ -84,11 +84,20 @@ fn embedder_linker_with_own_host_function() {
         .unwrap();
 
     let outcome = threads.run(&linker, store).unwrap();
-    assert_eq!(outcome, Outcome::Exit { code: 4, tid: MAIN_TID });
+    assert_eq!(
+        outcome,
+        Outcome::Exit {
+            code: 4,
+            tid: MAIN_TID
+        }
+    );
 
     let mut calls = calls.lock().clone();
     calls.sort_by_key(|c| c.1);
-    assert_eq!(calls.iter().map(|c| c.1).collect::<Vec<_>>(), [100, 101, 102, 103]);
+    assert_eq!(
+        calls.iter().map(|c| c.1).collect::<Vec<_>>(),
+        [100, 101, 102, 103]
+    );
     let mut tids: Vec<i32> = calls.iter().map(|c| c.0).collect();
     tids.sort();
     tids.dedup();
@@ -96,7 +105,10 @@ fn embedder_linker_with_own_host_function() {
     assert!(tids.iter().all(|t| (1..=0x1FFF_FFFF).contains(t)));
 
     let events: Vec<ThreadEvent> = events.try_iter().collect();
-    let spawned = events.iter().filter(|e| matches!(e, ThreadEvent::Spawned { .. })).count();
+    let spawned = events
+        .iter()
+        .filter(|e| matches!(e, ThreadEvent::Spawned { .. }))
+        .count();
     let returned = events
         .iter()
         .filter(|e| matches!(e, ThreadEvent::Exited { tid, exit: ThreadExit::Returned } if *tid != MAIN_TID))
@@ -121,7 +133,13 @@ fn runner_with_captured_stdout() {
         })
         .run_file(common::fixture("c-pthreads.wasm"))
         .unwrap();
-    assert_eq!(outcome, Outcome::Exit { code: 0, tid: MAIN_TID });
+    assert_eq!(
+        outcome,
+        Outcome::Exit {
+            code: 0,
+            tid: MAIN_TID
+        }
+    );
     let out = String::from_utf8(stdout.contents().to_vec()).unwrap();
     assert!(out.ends_with("c-pthreads ok\n"), "{out}");
     assert!(out.contains("mutex counter: 40000\n"), "{out}");
@@ -156,7 +174,10 @@ fn wall_clock_limit() {
         .unwrap();
     assert_eq!(outcome, Outcome::TimedOut);
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -230,13 +251,35 @@ fn rewritten_wait_and_notify_keep_their_semantics() {
         (call $check (i32.eq (memory.atomic.notify (i32.const 64) (i32.const 5)) (i32.const 0)) (i32.const 7))
         (call $exit (i32.const 0))))
     "#;
-    assert_eq!(run_checks(checks), Outcome::Exit { code: 0, tid: MAIN_TID });
+    assert_eq!(
+        run_checks(checks),
+        Outcome::Exit {
+            code: 0,
+            tid: MAIN_TID
+        }
+    );
 
     for (what, instr, message) in [
-        ("misaligned wait", "(drop (memory.atomic.wait32 (i32.const 2) (i32.const 0) (i64.const 0)))", "unaligned"),
-        ("misaligned notify", "(drop (memory.atomic.notify offset=1 (i32.const 0) (i32.const 1)))", "unaligned"),
-        ("out-of-bounds wait", "(drop (memory.atomic.wait64 (i32.const 65536) (i64.const 0) (i64.const 0)))", "out of bounds"),
-        ("out-of-bounds notify", "(drop (memory.atomic.notify (i32.const 65536) (i32.const 1)))", "out of bounds"),
+        (
+            "misaligned wait",
+            "(drop (memory.atomic.wait32 (i32.const 2) (i32.const 0) (i64.const 0)))",
+            "unaligned",
+        ),
+        (
+            "misaligned notify",
+            "(drop (memory.atomic.notify offset=1 (i32.const 0) (i32.const 1)))",
+            "unaligned",
+        ),
+        (
+            "out-of-bounds wait",
+            "(drop (memory.atomic.wait64 (i32.const 65536) (i64.const 0) (i64.const 0)))",
+            "out of bounds",
+        ),
+        (
+            "out-of-bounds notify",
+            "(drop (memory.atomic.notify (i32.const 65536) (i32.const 1)))",
+            "out of bounds",
+        ),
     ] {
         let wat = format!(
             r#"(module
@@ -262,9 +305,21 @@ fn module_without_threads_still_runs() {
         (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
         (memory (export "memory") 1)
         (func (export "_start") (call $exit (i32.const 5))))"#;
-    assert_eq!(run_checks(plain), Outcome::Exit { code: 5, tid: MAIN_TID });
+    assert_eq!(
+        run_checks(plain),
+        Outcome::Exit {
+            code: 5,
+            tid: MAIN_TID
+        }
+    );
     let no_memory = r#"(module (func (export "_start")))"#;
-    assert_eq!(run_checks(no_memory), Outcome::Exit { code: 0, tid: MAIN_TID });
+    assert_eq!(
+        run_checks(no_memory),
+        Outcome::Exit {
+            code: 0,
+            tid: MAIN_TID
+        }
+    );
 }
 
 #[test]
@@ -308,7 +363,10 @@ fn missing_entry_point_makes_spawn_fail_not_abort() {
         (func (export "_start") (call $exit (i32.sub (i32.const 0) (call $spawn (i32.const 0))))))"#;
     assert_eq!(
         run_checks(wat),
-        Outcome::Exit { code: wasi_threads_host::ENOSYS, tid: MAIN_TID }
+        Outcome::Exit {
+            code: wasi_threads_host::ENOSYS,
+            tid: MAIN_TID
+        }
     );
     let wrong_type = r#"(module
         (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
@@ -319,6 +377,9 @@ fn missing_entry_point_makes_spawn_fail_not_abort() {
         (func (export "_start") (call $exit (i32.sub (i32.const 0) (call $spawn (i32.const 0))))))"#;
     assert_eq!(
         run_checks(wrong_type),
-        Outcome::Exit { code: wasi_threads_host::ENOSYS, tid: MAIN_TID }
+        Outcome::Exit {
+            code: wasi_threads_host::ENOSYS,
+            tid: MAIN_TID
+        }
     );
 }

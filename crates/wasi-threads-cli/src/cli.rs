@@ -39,7 +39,11 @@ pub struct Cli {
     pub module: PathBuf,
 
     /// Arguments for the guest; the guest's argv[0] is MODULE as given.
-    #[arg(value_name = "ARGS", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub args: Vec<String>,
 }
 
@@ -78,7 +82,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => number / 1000.0,
         "m" | "min" => number * 60.0,
         "h" => number * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{s}`: {e}"))
 }
@@ -99,7 +107,10 @@ mod tests {
 
     #[test]
     fn dirs_and_env() {
-        assert_eq!(parse_dir("a::/b"), Ok((PathBuf::from("a"), "/b".to_string())));
+        assert_eq!(
+            parse_dir("a::/b"),
+            Ok((PathBuf::from("a"), "/b".to_string()))
+        );
         assert_eq!(parse_dir("."), Ok((PathBuf::from("."), ".".to_string())));
         assert!(parse_dir("::x").is_err());
         assert_eq!(parse_env("A=1"), Ok(("A".into(), Some("1".into()))));
@@ -110,7 +121,17 @@ mod tests {
 
     #[test]
     fn guest_arguments_may_look_like_flags() {
-        let cli = Cli::try_parse_from(["wasi-threads", "--env", "A=1", "t.wasm", "--test-threads", "2", "--dir", "x"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "wasi-threads",
+            "--env",
+            "A=1",
+            "t.wasm",
+            "--test-threads",
+            "2",
+            "--dir",
+            "x",
+        ])
+        .unwrap();
         assert_eq!(cli.module, PathBuf::from("t.wasm"));
         assert_eq!(cli.args, ["--test-threads", "2", "--dir", "x"]);
         assert!(cli.dirs.is_empty());

@@ -28,6 +28,7 @@ mod program;
 mod rewrite;
 mod runner;
 mod spawn;
+mod stdin;
 mod stop;
 mod supervisor;
 mod tid;
@@ -42,6 +43,7 @@ pub use program::{
 pub use rewrite::compile;
 pub use runner::Runner;
 pub use spawn::{EAGAIN, ENOSYS};
+pub use stdin::SharedStdin;
 pub use stop::{StopSignal, Stopped};
 pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
 pub use tid::{MAX_TID, TidAllocator};

@@ -148,9 +148,9 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     /// Prepares `module` to run with `config`: checks its imports and exports
     /// and creates its shared memory.
     pub fn with_config(engine: &Engine, module: &Module, config: ThreadsConfig<T>) -> Result<Self> {
-        let spawns = module.imports().any(|i| {
-            i.module() == "wasi" && i.name() == "thread-spawn"
-        });
+        let spawns = module
+            .imports()
+            .any(|i| i.module() == "wasi" && i.name() == "thread-spawn");
         if let Some(import) = module
             .imports()
             .find(|i| i.module() == "wasi" && i.name() == "thread-spawn")
@@ -244,7 +244,11 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     /// `linker`, next to whatever else the embedder defines there. `store` is
     /// any store of the same data type (Wasmtime needs one to define a
     /// memory); the memory itself belongs to no store.
-    pub fn add_to_linker(&self, linker: &mut Linker<T>, store: impl AsContext<Data = T>) -> Result<()> {
+    pub fn add_to_linker(
+        &self,
+        linker: &mut Linker<T>,
+        store: impl AsContext<Data = T>,
+    ) -> Result<()> {
         spawn::add_thread_spawn(linker, Arc::downgrade(&self.shared))?;
         if let Some((import, memory)) = &self.memory {
             linker.define(store, &import.module, &import.name, memory.clone())?;

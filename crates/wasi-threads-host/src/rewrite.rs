@@ -134,9 +134,12 @@ fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| format_err!("not a WebAssembly module: text format must be UTF-8"))?;
-    wat::parse_str(text)
-        .map(Into::into)
-        .map_err(|e| format_err!("invalid WebAssembly text: {}", e.to_string().replace('\n', " ")))
+    wat::parse_str(text).map(Into::into).map_err(|e| {
+        format_err!(
+            "invalid WebAssembly text: {}",
+            e.to_string().replace('\n', " ")
+        )
+    })
 }
 
 /// Returns the module with its waits and notifies on the imported shared

@@ -2,6 +2,7 @@
 //! and the [`Outcome`].
 
 use crate::program::{ThreadsConfig, WasiThreads, engine_config};
+use crate::stdin::SharedStdin;
 use crate::supervisor::{CancelHandle, Outcome};
 use crate::wasi::{self, SharedWasi};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub struct Runner {
     dirs: Vec<(PathBuf, String)>,
     inherit_stdio: bool,
     wasi_setup: Vec<WasiSetup>,
+    stdin: Option<SharedStdin>,
     max_threads: Option<u32>,
     timeout: Option<Duration>,
     on_start: Option<Box<dyn FnOnce(CancelHandle) + Send>>,
@@ -62,6 +64,7 @@ impl Runner {
             dirs: Vec::new(),
             inherit_stdio: true,
             wasi_setup: Vec::new(),
+            stdin: None,
             max_threads: None,
             timeout: None,
             on_start: None,
@@ -107,9 +110,19 @@ impl Runner {
         self
     }
 
+    /// The guest's stdin (instead of the process's). Threads waiting on it
+    /// hold no lock other threads need.
+    pub fn stdin(mut self, stdin: SharedStdin) -> Self {
+        self.stdin = Some(stdin);
+        self
+    }
+
     /// Further WASI setup (custom stdio streams, clocks, ...), applied after
     /// the runner's own.
-    pub fn configure_wasi(mut self, setup: impl FnOnce(&mut WasiCtxBuilder) + Send + 'static) -> Self {
+    pub fn configure_wasi(
+        mut self,
+        setup: impl FnOnce(&mut WasiCtxBuilder) + Send + 'static,
+    ) -> Self {
         self.wasi_setup.push(Box::new(setup));
         self
     }
@@ -135,7 +148,8 @@ impl Runner {
     /// Compiles and runs the module in the file at `path`.
     pub fn run_file(self, path: impl AsRef<Path>) -> Result<Outcome> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         self.run_bytes(&bytes)
             .with_context(|| format!("cannot run {}", path.display()))
     }
@@ -160,8 +174,16 @@ impl Runner {
         let threads = WasiThreads::with_config(&engine, module, config)?;
 
         let mut builder = WasiCtxBuilder::new();
+        let mut stdin = None;
         if self.inherit_stdio {
-            builder.inherit_stdio();
+            // The process's stdin, buffered so that a thread waiting for
+            // input holds no lock other threads need.
+            let shared = SharedStdin::inherit();
+            builder
+                .inherit_stdout()
+                .inherit_stderr()
+                .stdin(shared.clone());
+            stdin = Some(shared);
         }
         builder.args(&self.args);
         for (key, value) in &self.env {
@@ -172,10 +194,17 @@ impl Runner {
                 .preopened_dir(host, guest, FsPerms::ReadWrite)
                 .with_context(|| format!("cannot open directory {}", host.display()))?;
         }
+        if let Some(shared) = &self.stdin {
+            builder.stdin(shared.clone());
+            stdin = Some(shared.clone());
+        }
         for setup in self.wasi_setup {
             setup(&mut builder);
         }
-        let wasi = SharedWasi::new(builder.build_p1(), &threads);
+        let mut wasi = SharedWasi::new(builder.build_p1(), &threads);
+        if let Some(stdin) = stdin {
+            wasi = wasi.with_stdin(stdin);
+        }
         let store = threads.new_store(State { wasi })?;
 
         let mut linker = Linker::new(&engine);

@@ -201,7 +201,11 @@ impl Supervisor {
     /// Books an event; returns the outcome if the event ends the program.
     fn record(&mut self, event: Event) -> Option<Outcome> {
         match event {
-            Event::Started { serial, tid, handle } => {
+            Event::Started {
+                serial,
+                tid,
+                handle,
+            } => {
                 self.spawns_seen += 1;
                 self.observe(ThreadEvent::Spawned { tid });
                 let entry = self.threads.entry(serial).or_insert(Tracked {
@@ -227,9 +231,7 @@ impl Supervisor {
                     .exited = true;
                 self.join_if_done(serial);
                 let outcome = match &exit {
-                    ThreadExit::Returned if tid == MAIN_TID => {
-                        Some(Outcome::Exit { code: 0, tid })
-                    }
+                    ThreadExit::Returned if tid == MAIN_TID => Some(Outcome::Exit { code: 0, tid }),
                     ThreadExit::Returned | ThreadExit::Stopped => None,
                     ThreadExit::Exit(code) => Some(Outcome::Exit { code: *code, tid }),
                     ThreadExit::Trap(trap) => Some(Outcome::Trap {
@@ -282,11 +284,10 @@ impl Supervisor {
                 Err(_) => break,
             }
         }
-        let detached = self.threads.len() + (spawns_total - self.spawns_seen.min(spawns_total)) as usize;
+        let detached =
+            self.threads.len() + (spawns_total - self.spawns_seen.min(spawns_total)) as usize;
         if detached > 0 {
-            log::warn!(
-                "{detached} guest thread(s) did not stop within {grace:?}; detaching them"
-            );
+            log::warn!("{detached} guest thread(s) did not stop within {grace:?}; detaching them");
         }
         JoinReport { detached }
     }

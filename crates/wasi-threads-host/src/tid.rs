@@ -149,10 +149,17 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let tids = tids.clone();
-                std::thread::spawn(move || (0..1000).map(|_| tids.allocate().unwrap()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .map(|_| tids.allocate().unwrap())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
-        let mut all: Vec<u32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut all: Vec<u32> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 4000);

@@ -195,8 +195,10 @@ pub(crate) fn add_to_linker<T: 'static>(
         },
     )?;
     let (l, m) = (lot.clone(), memory.clone());
-    linker.func_wrap(HOST_MODULE, NOTIFY, move |addr: i32, count: i32, offset: i32| {
-        l.notify(&m, addr, offset, count as u32)
-    })?;
+    linker.func_wrap(
+        HOST_MODULE,
+        NOTIFY,
+        move |addr: i32, count: i32, offset: i32| l.notify(&m, addr, offset, count as u32),
+    )?;
     Ok(())
 }

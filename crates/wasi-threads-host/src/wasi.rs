@@ -4,14 +4,17 @@
 //! takes `&mut`, so [`SharedWasi`] keeps the one context (one fd table) behind
 //! a lock that every thread's store data points to. Calls that can block are
 //! raced against the program's [`StopSignal`], so the supervisor can end a
-//! thread stuck in, say, a read of stdin; sleeps and `sched_yield` never take
-//! the lock at all.
+//! thread stuck in one. Nothing that can block for long holds the lock:
+//! sleeps, `sched_yield` and `proc_exit` never take it, and a read of (or
+//! poll on) a [`SharedStdin`] waits for input before taking it.
 
-use crate::stop::{StopSignal, Stopped};
 use crate::WasiThreads;
+use crate::stdin::SharedStdin;
+use crate::stop::{StopSignal, Stopped};
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use wasmtime::Result;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::types;
@@ -27,6 +30,16 @@ pub struct SharedWasi {
     ctx: Arc<Mutex<WasiP1Ctx>>,
     stop: StopSignal,
     hostcall_fuel: usize,
+    stdin: Option<SharedStdin>,
+    /// Set once the guest closes or renumbers over fd 0: from then on fd 0
+    /// is no longer `stdin`.
+    stdin_moved: Arc<AtomicBool>,
+}
+
+/// One subscription of a `poll_oneoff` that [`SharedWasi`] waits on itself.
+enum Sub {
+    Clock(types::Userdata, types::SubscriptionClock),
+    Stdin(types::Userdata),
 }
 
 impl std::fmt::Debug for SharedWasi {
@@ -47,6 +60,32 @@ impl SharedWasi {
             ctx: Arc::new(Mutex::new(ctx)),
             stop,
             hostcall_fuel: usize::MAX,
+            stdin: None,
+            stdin_moved: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Declares that the context's stdin is `stdin` (the same value given to
+    /// `WasiCtxBuilder::stdin`), so that threads reading or polling it wait
+    /// for input without holding the shared context. Without this, a thread
+    /// blocked reading stdin stalls every other thread's WASI calls.
+    pub fn with_stdin(mut self, stdin: SharedStdin) -> Self {
+        self.stdin = Some(stdin);
+        self
+    }
+
+    /// The shared stdin, if `fd` is still it.
+    fn stdin_at(&self, fd: types::Fd) -> Option<SharedStdin> {
+        let fd: u32 = fd.into();
+        if fd != 0 || self.stdin_moved.load(Ordering::Acquire) {
+            return None;
+        }
+        self.stdin.clone()
+    }
+
+    fn note_fd_replaced(&self, fd: types::Fd) {
+        if u32::from(fd) == 0 {
+            self.stdin_moved.store(true, Ordering::Release);
         }
     }
 
@@ -60,80 +99,145 @@ impl SharedWasi {
         types::Error::trap(Stopped.into())
     }
 
-    /// Sleeps for a poll that waits on clocks only, without the lock and
-    /// interruptibly. Returns `None` if some subscription is not a clock.
-    fn poll_clocks(
-        &mut self,
-        memory: &mut GuestMemory<'_>,
+    /// The subscriptions of a poll, if all are clocks or reads of the shared
+    /// stdin: those are waited on here, without the lock. `None` means the
+    /// context must do the poll (its other descriptors are always ready).
+    fn plan_poll(
+        &self,
+        memory: &GuestMemory<'_>,
         subs: GuestPtr<types::Subscription>,
-        events: GuestPtr<types::Event>,
         n: types::Size,
-    ) -> Option<Result<types::Size, types::Error>> {
-        let subs = subs.as_array(n);
-        let mut clocks = Vec::with_capacity(n as usize);
-        for sub in subs.iter() {
-            let sub = match sub.and_then(|p| memory.read(p)) {
-                Ok(sub) => sub,
-                Err(e) => return Some(Err(e.into())),
-            };
+    ) -> Result<Option<Vec<Sub>>, types::Error> {
+        let mut plan = Vec::with_capacity(n as usize);
+        for sub in subs.as_array(n).iter() {
+            let sub = memory.read(sub?)?;
             match sub.u {
-                types::SubscriptionU::Clock(clock) => clocks.push((sub.userdata, clock)),
-                _ => return None,
+                types::SubscriptionU::Clock(clock) => plan.push(Sub::Clock(sub.userdata, clock)),
+                types::SubscriptionU::FdRead(read)
+                    if self.stdin_at(read.file_descriptor).is_some() =>
+                {
+                    plan.push(Sub::Stdin(sub.userdata))
+                }
+                _ => return Ok(None),
             }
         }
-        Some(self.sleep_on_clocks(memory, &clocks, events))
+        Ok(Some(plan))
     }
 
-    fn sleep_on_clocks(
+    /// Waits for the first of `plan`'s clocks or stdin, interruptibly and
+    /// without the lock, and writes the events that are due.
+    async fn poll_planned(
         &mut self,
         memory: &mut GuestMemory<'_>,
-        clocks: &[(types::Userdata, types::SubscriptionClock)],
+        plan: &[Sub],
         events: GuestPtr<types::Event>,
     ) -> Result<types::Size, types::Error> {
+        let started = Instant::now();
         // Absolute deadlines are on the context's own clocks (an embedder may
         // have replaced them); read them once, briefly holding the lock.
-        let mut remaining = Vec::with_capacity(clocks.len());
-        for (_, clock) in clocks {
-            let absolute = clock
-                .flags
-                .contains(types::Subclockflags::SUBSCRIPTION_CLOCK_ABSTIME);
-            let nanos = match clock.id {
-                types::Clockid::Monotonic | types::Clockid::Realtime if absolute => {
-                    let now = self.clock_time_get(memory, clock.id, 0)?;
-                    clock.timeout.saturating_sub(now)
+        let mut remaining = Vec::with_capacity(plan.len());
+        for sub in plan {
+            let nanos = match sub {
+                Sub::Clock(_, clock) => {
+                    let absolute = clock
+                        .flags
+                        .contains(types::Subclockflags::SUBSCRIPTION_CLOCK_ABSTIME);
+                    match clock.id {
+                        types::Clockid::Monotonic | types::Clockid::Realtime if absolute => {
+                            let now = self.clock_time_get(memory, clock.id, 0)?;
+                            Some(clock.timeout.saturating_sub(now))
+                        }
+                        types::Clockid::Monotonic | types::Clockid::Realtime => Some(clock.timeout),
+                        _ => return Err(types::Errno::Inval.into()),
+                    }
                 }
-                types::Clockid::Monotonic | types::Clockid::Realtime => clock.timeout,
-                _ => return Err(types::Errno::Inval.into()),
+                Sub::Stdin(_) => None,
             };
             remaining.push(nanos);
         }
-        let shortest = remaining.iter().copied().min().unwrap_or(0);
-        self.stop
-            .sleep(Duration::from_nanos(shortest))
-            .map_err(Self::stopped)?;
-        let mut written: types::Size = 0;
-        for ((userdata, _), nanos) in clocks.iter().zip(&remaining) {
-            if *nanos > shortest {
-                continue;
+        let shortest = remaining.iter().flatten().copied().min();
+        let stdin = plan
+            .iter()
+            .any(|s| matches!(s, Sub::Stdin(_)))
+            .then(|| self.stdin.clone())
+            .flatten();
+        match &stdin {
+            None => {
+                let nanos = shortest.unwrap_or(0);
+                self.stop
+                    .sleep(Duration::from_nanos(nanos))
+                    .map_err(Self::stopped)?;
             }
-            let slot = events.as_array(clocks.len() as u32).get(written);
-            let slot = slot.ok_or(types::Errno::Inval)?;
-            memory.write(
-                slot,
-                types::Event {
+            Some(stdin) => {
+                let timer = async {
+                    match shortest {
+                        Some(nanos) => tokio::time::sleep(Duration::from_nanos(nanos)).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                self.stop
+                    .race(first_of(stdin.readable(), timer))
+                    .await
+                    .map_err(Self::stopped)?;
+            }
+        }
+        let elapsed = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let available = stdin.as_ref().map(SharedStdin::buffered);
+        let stdin_ready = stdin.is_some_and(|s| s.is_readable());
+        let due = plan.len() as u32;
+        let mut written: types::Size = 0;
+        for (sub, nanos) in plan.iter().zip(&remaining) {
+            let event = match (sub, nanos) {
+                (Sub::Clock(userdata, _), Some(nanos))
+                    if *nanos <= elapsed || Some(*nanos) == shortest && !stdin_ready =>
+                {
+                    types::Event {
+                        userdata: *userdata,
+                        error: types::Errno::Success,
+                        type_: types::Eventtype::Clock,
+                        fd_readwrite: types::EventFdReadwrite {
+                            flags: types::Eventrwflags::empty(),
+                            nbytes: 0,
+                        },
+                    }
+                }
+                (Sub::Stdin(userdata), _) if stdin_ready => types::Event {
                     userdata: *userdata,
                     error: types::Errno::Success,
-                    type_: types::Eventtype::Clock,
+                    type_: types::Eventtype::FdRead,
                     fd_readwrite: types::EventFdReadwrite {
                         flags: types::Eventrwflags::empty(),
-                        nbytes: 0,
+                        nbytes: available.unwrap_or(0) as u64,
                     },
                 },
-            )?;
+                _ => continue,
+            };
+            let slot = events
+                .as_array(due)
+                .get(written)
+                .ok_or(types::Errno::Inval)?;
+            memory.write(slot, event)?;
             written += 1;
         }
         Ok(written)
     }
+}
+
+/// Resolves with whichever of two futures finishes first.
+async fn first_of(
+    a: impl std::future::Future<Output = ()>,
+    b: impl std::future::Future<Output = ()>,
+) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    std::future::poll_fn(|cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Adds WASI preview1 (`wasi_snapshot_preview1`), backed by a [`SharedWasi`]
@@ -182,21 +286,30 @@ macro_rules! forward {
     };
 }
 
+/// Runs one call on the locked context, racing it against the stop signal;
+/// evaluates to the call's result.
+macro_rules! locked {
+    ($self:ident, $ctx:ident => $call:expr) => {{
+        let shared = $self.ctx.clone();
+        let fuel = $self.hostcall_fuel;
+        $self
+            .stop
+            .race(async move {
+                let mut $ctx = shared.lock();
+                $ctx.set_hostcall_fuel(fuel);
+                $call.await
+            })
+            .await
+            .unwrap_or_else(|stopped| Err(SharedWasi::stopped(stopped)))
+    }};
+}
+
 /// Forwards calls that may block, racing them against the stop signal.
 macro_rules! forward_async {
     ($( fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
         $(
             async fn $name(&mut self, memory: &mut GuestMemory<'_> $(, $arg: $ty)*) -> $ret {
-                let ctx = self.ctx.clone();
-                let fuel = self.hostcall_fuel;
-                self.stop
-                    .race(async move {
-                        let mut ctx = ctx.lock();
-                        ctx.set_hostcall_fuel(fuel);
-                        ctx.$name(memory $(, $arg)*).await
-                    })
-                    .await
-                    .map_err(SharedWasi::stopped)?
+                locked!(self, ctx => ctx.$name(memory $(, $arg)*))
             }
         )*
     };
@@ -230,17 +343,14 @@ impl WasiSnapshotPreview1 for SharedWasi {
 
     forward_async! {
         fn fd_advise(fd: types::Fd, offset: types::Filesize, len: types::Filesize, advice: types::Advice) -> Result<(), types::Error>;
-        fn fd_close(fd: types::Fd) -> Result<(), types::Error>;
         fn fd_datasync(fd: types::Fd) -> Result<(), types::Error>;
         fn fd_fdstat_get(fd: types::Fd) -> Result<types::Fdstat, types::Error>;
         fn fd_filestat_get(fd: types::Fd) -> Result<types::Filestat, types::Error>;
         fn fd_filestat_set_size(fd: types::Fd, size: types::Filesize) -> Result<(), types::Error>;
         fn fd_filestat_set_times(fd: types::Fd, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
-        fn fd_read(fd: types::Fd, iovs: types::IovecArray) -> Result<types::Size, types::Error>;
         fn fd_pread(fd: types::Fd, iovs: types::IovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
         fn fd_write(fd: types::Fd, ciovs: types::CiovecArray) -> Result<types::Size, types::Error>;
         fn fd_pwrite(fd: types::Fd, ciovs: types::CiovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
-        fn fd_renumber(from: types::Fd, to: types::Fd) -> Result<(), types::Error>;
         fn fd_seek(fd: types::Fd, offset: types::Filedelta, whence: types::Whence) -> Result<types::Filesize, types::Error>;
         fn fd_sync(fd: types::Fd) -> Result<(), types::Error>;
         fn fd_readdir(fd: types::Fd, buf: GuestPtr<u8>, buf_len: types::Size, cookie: types::Dircookie) -> Result<types::Size, types::Error>;
@@ -266,24 +376,64 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if nsubscriptions == 0 {
             return Err(types::Errno::Inval.into());
         }
-        // A sleep must neither hold the context (stalling every other
-        // thread's I/O) nor be deaf to the supervisor.
-        if let Some(result) = self.poll_clocks(memory, subs, events, nsubscriptions) {
-            return result;
+        // A sleep or a wait for input must neither hold the context (stalling
+        // every other thread's I/O) nor be deaf to the supervisor.
+        if let Some(plan) = self.plan_poll(memory, subs, nsubscriptions)? {
+            return self.poll_planned(memory, &plan, events).await;
         }
-        let ctx = self.ctx.clone();
-        let fuel = self.hostcall_fuel;
-        self.stop
-            .race(async move {
-                let mut ctx = ctx.lock();
-                ctx.set_hostcall_fuel(fuel);
-                ctx.poll_oneoff(memory, subs, events, nsubscriptions).await
-            })
-            .await
-            .map_err(SharedWasi::stopped)?
+        locked!(self, ctx => ctx.poll_oneoff(memory, subs, events, nsubscriptions))
     }
 
-    fn proc_exit(&mut self, _memory: &mut GuestMemory<'_>, status: types::Exitcode) -> wasmtime::Error {
+    async fn fd_read(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+        iovs: types::IovecArray,
+    ) -> Result<types::Size, types::Error> {
+        if let Some(stdin) = self.stdin_at(fd) {
+            // Wait for input without the context, one reader at a time so
+            // that the input this thread waited for is still there to read.
+            let _turn = stdin.turn();
+            self.stop
+                .race(stdin.readable())
+                .await
+                .map_err(SharedWasi::stopped)?;
+            return locked!(self, ctx => ctx.fd_read(memory, fd, iovs));
+        }
+        locked!(self, ctx => ctx.fd_read(memory, fd, iovs))
+    }
+
+    async fn fd_close(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+    ) -> Result<(), types::Error> {
+        let result = locked!(self, ctx => ctx.fd_close(memory, fd));
+        if result.is_ok() {
+            self.note_fd_replaced(fd);
+        }
+        result
+    }
+
+    async fn fd_renumber(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        from: types::Fd,
+        to: types::Fd,
+    ) -> Result<(), types::Error> {
+        let result = locked!(self, ctx => ctx.fd_renumber(memory, from, to));
+        if result.is_ok() {
+            self.note_fd_replaced(to);
+            self.note_fd_replaced(from);
+        }
+        result
+    }
+
+    fn proc_exit(
+        &mut self,
+        _memory: &mut GuestMemory<'_>,
+        status: types::Exitcode,
+    ) -> wasmtime::Error {
         // No lock: another thread may hold the context while blocked, and
         // exiting must not wait for it.
         if status >= 126 {
