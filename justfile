@@ -1,0 +1,29 @@
+# Recipes for wasi-threads-host. `just` is optional: each recipe is one
+# command you can also run by hand.
+
+# Run every test (the command CI runs).
+test:
+    cargo test --workspace
+
+# Run the CLI on a bundled fixture.
+run fixture="wasm-fixtures/rust-threads.wasm":
+    cargo run -p wasi-threads-cli -- {{fixture}}
+
+# Rebuild every fixture from source (installs clang-19 and a C sysroot).
+fixtures:
+    wasm-fixtures/build.sh
+
+# Run the wasi-testsuite conformance corpus with its own runner.
+corpus:
+    cargo build --release -p wasi-threads-cli
+    python3 ../shared/corpus/run-corpus.py --runtime "$PWD/target/release/wasi-threads" ../shared/corpus/wasi-testsuite
+
+# Print benchmark figures beside native baselines.
+bench:
+    wasm-fixtures/build.sh --native-only
+    cargo run --release -p wasi-threads-bench
+
+# Lints, as CI would want them.
+lint:
+    cargo fmt --check
+    cargo clippy --workspace --all-targets -- -D warnings
