@@ -79,11 +79,9 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
                 }
                 let mut ops = body.get_operators_reader()?;
                 while !ops.eof() {
-                    if let Some(memory) = wait_or_notify_memory(&ops.read()?) {
-                        if memory == shared {
-                            scan.uses_atomics_on_it = true;
-                            break;
-                        }
+                    if wait_or_notify_memory(&ops.read()?) == Some(shared) {
+                        scan.uses_atomics_on_it = true;
+                        break;
                     }
                 }
             }

@@ -174,6 +174,10 @@ impl Runner {
         let threads = WasiThreads::with_config(&engine, module, config)?;
 
         let mut builder = WasiCtxBuilder::new();
+        // Every guest thread has an OS thread of its own, so file I/O can
+        // block it directly instead of going through tokio's blocking pool,
+        // which costs a thread hand-off per call.
+        builder.allow_blocking_current_thread(true);
         let mut stdin = None;
         if self.inherit_stdio {
             // The process's stdin, buffered so that a thread waiting for

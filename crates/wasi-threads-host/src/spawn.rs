@@ -182,14 +182,19 @@ pub(crate) fn classify(err: wasmtime::Error) -> ThreadExit {
     if err.downcast_ref::<Stopped>().is_some() {
         return ThreadExit::Stopped;
     }
-    let backtrace = err
-        .downcast_ref::<WasmBacktrace>()
-        .map(|bt| bt.to_string())
-        .filter(|bt| !bt.trim().is_empty());
+    let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
     let message = match err.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => format!("{err:#}"),
+        // A host error: its causes, without the backtrace context that
+        // Wasmtime wraps around it (the backtrace is reported separately).
+        None => err
+            .chain()
+            .map(|cause| cause.to_string())
+            .filter(|cause| Some(cause) != backtrace.as_ref())
+            .collect::<Vec<_>>()
+            .join(": "),
     };
+    let backtrace = backtrace.filter(|bt| !bt.trim().is_empty());
     ThreadExit::Trap(TrapInfo { message, backtrace })
 }
 

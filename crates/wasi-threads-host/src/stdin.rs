@@ -24,7 +24,8 @@ const CHUNK: usize = 64 * 1024;
 /// `WasiCtxBuilder::stdin` and one to [`SharedWasi::with_stdin`](crate::SharedWasi::with_stdin).
 #[derive(Clone)]
 pub struct SharedStdin {
-    handle: Arc<Handle>,
+    /// Held for its `Drop` only.
+    _handle: Arc<Handle>,
     inner: Arc<Inner>,
 }
 
@@ -98,7 +99,7 @@ impl SharedStdin {
             is_terminal,
         });
         SharedStdin {
-            handle: Arc::new(Handle {
+            _handle: Arc::new(Handle {
                 inner: inner.clone(),
             }),
             inner,

@@ -135,12 +135,6 @@ impl CancelHandle {
     }
 }
 
-/// Whether every thread was joined, and how long stopping took.
-#[derive(Debug, Clone)]
-pub(crate) struct JoinReport {
-    pub detached: usize,
-}
-
 struct Tracked {
     handle: Option<JoinHandle<()>>,
     exited: bool,
@@ -258,22 +252,22 @@ impl Supervisor {
 
     fn join_if_done(&mut self, serial: u64) {
         let done = matches!(self.threads.get(&serial), Some(t) if t.exited && t.handle.is_some());
-        if done {
-            if let Some(Tracked {
+        if done
+            && let Some(Tracked {
                 handle: Some(handle),
                 ..
             }) = self.threads.remove(&serial)
-            {
-                // The thread has sent its last event; it only has to return.
-                let _ = handle.join();
-            }
+        {
+            // The thread has sent its last event; it only has to return.
+            let _ = handle.join();
         }
     }
 
     /// After the stop signal: joins every thread, given that `spawns_total`
     /// spawns were ever allocated (the allocator is closed, so no more come).
-    /// Threads that do not finish within `grace` are detached and counted.
-    pub(crate) fn join_all(&mut self, spawns_total: u64, grace: Duration) -> JoinReport {
+    /// Threads that do not finish within `grace` are detached; returns how
+    /// many were.
+    pub(crate) fn join_all(&mut self, spawns_total: u64, grace: Duration) -> usize {
         let deadline = Instant::now() + grace;
         while self.spawns_seen < spawns_total || !self.threads.is_empty() {
             match self.rx.recv_deadline(deadline) {
@@ -289,7 +283,7 @@ impl Supervisor {
         if detached > 0 {
             log::warn!("{detached} guest thread(s) did not stop within {grace:?}; detaching them");
         }
-        JoinReport { detached }
+        detached
     }
 }
 

@@ -315,6 +315,11 @@ macro_rules! forward_async {
     };
 }
 
+// Holding the context's (blocking) lock across an await is the point: the
+// lock *is* the fd table's serialisation, and each call's future is driven by
+// `block_on` on its own guest thread, so no executor thread is starved. The
+// calls that can wait long are the ones that never hold it while waiting.
+#[allow(clippy::await_holding_lock)]
 impl WasiSnapshotPreview1 for SharedWasi {
     fn set_hostcall_fuel(&mut self, fuel: usize) {
         self.hostcall_fuel = fuel;

@@ -1,0 +1,150 @@
+//! One WASI context shared by all threads: descriptors shared across
+//! threads, no thread stalling another, output untorn and never lost.
+
+mod common;
+
+use common::{Run, Stdin, fixture, run_cli};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasi-threads");
+
+fn run(args: &[&str]) -> Run {
+    run_cli(BIN, args, Stdin::Null, Duration::from_secs(60))
+}
+
+#[test]
+fn a_file_opened_by_one_thread_is_written_and_closed_by_another() {
+    let dir = std::env::temp_dir().join(format!("wasi-threads-share-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mapping = format!("{}::/data", dir.display());
+    let wasm = fixture("c-shared-file.wasm");
+    let run = run(&["--dir", &mapping, wasm.to_str().unwrap(), "/data/out.txt"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "thread A: wrote 20 bytes\n\
+         thread B: wrote 20 bytes, closed fd\n\
+         main: fd closed by B is closed here too\n\
+         --- content ---\n\
+         hello from thread A\n\
+         hello from thread B\n\
+         --- end ---\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "hello from thread A\nhello from thread B\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_sleeping_thread_does_not_stall_a_writer() {
+    let wasm = fixture("c-sleep-writer.wasm");
+    let run = run(&[wasm.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let expected: String = (0..200).map(|i| format!("writer line {i:03}\n")).collect();
+    assert_eq!(run.stdout, expected);
+    // The writer reports before the sleeper wakes: its writes did not wait
+    // for the 2 s sleep.
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(lines[0].starts_with("200 writes took "), "{}", run.stderr);
+    assert!(lines[1].starts_with("sleeper slept "), "{}", run.stderr);
+    let micros: u64 = lines[0]
+        .trim_start_matches("200 writes took ")
+        .trim_end_matches(" us")
+        .parse()
+        .unwrap();
+    assert!(
+        micros < 2_000_000,
+        "the writes waited for the sleep: {micros} us"
+    );
+}
+
+#[test]
+fn eight_threads_of_lines_arrive_untorn() {
+    let wasm = fixture("c-torn-lines.wasm");
+    let run = run(&[wasm.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut seen = HashSet::new();
+    let mut last = [None::<u32>; 8];
+    for line in run.stdout.split_inclusive('\n') {
+        assert_eq!(line.len(), 60, "torn line {line:?}");
+        let (t, rest) = line[1..].split_once(" L").unwrap();
+        let t: usize = t.parse().unwrap();
+        let (l, fill) = rest.split_once(' ').unwrap();
+        let l: u32 = l.parse().unwrap();
+        let letter = (b'a' + t as u8) as char;
+        assert!(
+            fill.trim_end_matches('\n').chars().all(|c| c == letter),
+            "{line:?}"
+        );
+        assert!(
+            last[t].is_none_or(|p| p < l),
+            "thread {t} out of order at {l}"
+        );
+        last[t] = Some(l);
+        assert!(seen.insert((t, l)), "duplicate {line:?}");
+    }
+    assert_eq!(seen.len(), 8 * 2000);
+}
+
+#[test]
+fn exit_while_another_thread_writes_loses_no_completed_line() {
+    let wasm = fixture("c-exit-midwrite.wasm");
+    for _ in 0..5 {
+        let run = run(&[wasm.to_str().unwrap()]);
+        assert_eq!(run.code, Some(3), "{}", run.stderr);
+        let seen: usize = run
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("exit(3) after "))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+            .expect("main reports how many lines it saw completed");
+        assert!(seen >= 1000);
+        let lines: Vec<&str> = run.stdout.split_inclusive('\n').collect();
+        assert!(
+            lines.len() >= seen,
+            "{} lines on stdout, {seen} completed",
+            lines.len()
+        );
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(*line, format!("line {i:08}\n"), "line {i}");
+        }
+    }
+}
+
+#[test]
+fn fdstat_set_flags_works_on_a_shared_descriptor() {
+    // Opens /d/f.txt, sets APPEND on it and exits with the errno (0 = ok).
+    let dir = std::env::temp_dir().join(format!("wasi-threads-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wat = dir.join("flags.wat");
+    std::fs::write(
+        &wat,
+        r#"(module
+          (import "wasi_snapshot_preview1" "path_open"
+            (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $flags (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+          (import "env" "memory" (memory 1 1 shared))
+          (export "memory" (memory 0))
+          (data (i32.const 0) "f.txt")
+          (func (export "wasi_thread_start") (param i32 i32))
+          (func (export "_start")
+            (local $e i32)
+            ;; dirfd 3 (the preopen), path "f.txt" at 0, O_CREAT, rights all
+            (local.set $e (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 5)
+              (i32.const 1) (i64.const 0x42) (i64.const 0) (i32.const 0) (i32.const 64)))
+            (if (local.get $e) (then (call $exit (i32.add (i32.const 40) (local.get $e)))))
+            ;; APPEND = 1
+            (call $exit (call $flags (i32.load (i32.const 64)) (i32.const 1)))))"#,
+    )
+    .unwrap();
+    let mapping = format!("{}::/d", dir.display());
+    let run = run(&["--dir", &mapping, wat.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
