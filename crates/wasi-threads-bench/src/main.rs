@@ -437,6 +437,8 @@ fn stop(_: &mut Bench) {
     }
 }
 
+type BenchFn = fn(&mut Bench);
+
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let mut bench = Bench {
@@ -449,7 +451,7 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let all: [(&str, fn(&mut Bench)); 7] = [
+    let all: [(&str, BenchFn); 7] = [
         ("spawn", spawn),
         ("burst", burst),
         ("cpu", cpu),
