@@ -24,6 +24,7 @@
 //! only see an epoch tick when a program ends.
 
 mod memory;
+mod pool;
 mod program;
 mod rewrite;
 mod runner;
@@ -37,7 +38,7 @@ pub mod wasi;
 
 pub use memory::{ImportedMemory, MemoryPlan};
 pub use program::{
-    DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE, ThreadsConfig, WasiThreads,
+    DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE, ThreadsConfig, WasiThreads,
     engine_config,
 };
 pub use rewrite::compile;

@@ -3,6 +3,7 @@
 //! `Linker` and store data.
 
 use crate::memory::{self, MemoryPlan};
+use crate::pool::WorkerPool;
 use crate::spawn::{self, Shared, StoreSetup};
 use crate::stop::StopSignal;
 use crate::supervisor::{self, CancelHandle, Event, MAIN_TID, Outcome, Supervisor, ThreadEvent};
@@ -23,6 +24,9 @@ pub const DEFAULT_MAX_THREADS: u32 = 1024;
 pub const DEFAULT_STACK_SIZE: usize = 8 << 20;
 /// How long the supervisor waits for threads to stop before detaching them.
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an OS thread whose guest thread ended waits to run the next
+/// spawned guest thread before it exits.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// Settings for one program run.
 pub struct ThreadsConfig<T: 'static> {
@@ -30,6 +34,7 @@ pub struct ThreadsConfig<T: 'static> {
     stack_size: usize,
     timeout: Option<Duration>,
     join_timeout: Duration,
+    keep_alive: Duration,
     store_setup: Option<StoreSetup<T>>,
 }
 
@@ -40,6 +45,7 @@ impl<T: 'static> Default for ThreadsConfig<T> {
             stack_size: DEFAULT_STACK_SIZE,
             timeout: None,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
+            keep_alive: DEFAULT_KEEP_ALIVE,
             store_setup: None,
         }
     }
@@ -61,6 +67,15 @@ impl<T: 'static> ThreadsConfig<T> {
     /// The OS stack size of every guest thread. Default [`DEFAULT_STACK_SIZE`].
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = bytes;
+        self
+    }
+
+    /// How long an OS thread whose guest thread ended stays around to run
+    /// the next spawned one (OS threads are reused; every guest thread still
+    /// gets a fresh `Store` and instance). Default [`DEFAULT_KEEP_ALIVE`];
+    /// zero gives every guest thread an OS thread of its own.
+    pub fn keep_alive(mut self, idle: Duration) -> Self {
+        self.keep_alive = idle;
         self
     }
 
@@ -137,6 +152,7 @@ pub struct WasiThreads<T: 'static> {
     observer: Option<Sender<ThreadEvent>>,
     timeout: Option<Duration>,
     join_timeout: Duration,
+    stack_size: usize,
 }
 
 impl<T: Clone + Send + 'static> WasiThreads<T> {
@@ -194,7 +210,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             parking: Arc::new(ParkingLot::new(stop)),
             serials: AtomicU64::new(1),
             entry_error,
-            stack_size: config.stack_size,
+            pool: WorkerPool::new(config.stack_size, config.keep_alive),
             store_setup: config.store_setup,
         });
         Ok(WasiThreads {
@@ -205,6 +221,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             observer: None,
             timeout: config.timeout,
             join_timeout: config.join_timeout,
+            stack_size: config.stack_size,
         })
     }
 
@@ -287,7 +304,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         let main_shared = shared.clone();
         let main = std::thread::Builder::new()
             .name("wasi-main".into())
-            .stack_size(shared.stack_size)
+            .stack_size(self.stack_size)
             .spawn(move || {
                 let exit = catch_unwind(AssertUnwindSafe(|| {
                     let result = instance
@@ -313,7 +330,14 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         log::debug!("program ended: {outcome}; stopping every thread");
         let spawns_total = shared.tids.close();
         supervisor::stop_everything(&shared.engine, &shared.stop, &shared.parking);
-        supervisor.join_all(spawns_total, self.join_timeout);
+        let deadline = Instant::now() + self.join_timeout;
+        let stuck = supervisor.wait_for_all(spawns_total, deadline) + shared.pool.shutdown(deadline);
+        if stuck > 0 {
+            log::warn!(
+                "{stuck} guest thread(s) did not stop within {:?} (stuck in host code?); detached",
+                self.join_timeout
+            );
+        }
         Ok(outcome)
     }
 }

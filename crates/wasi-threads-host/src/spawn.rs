@@ -1,11 +1,13 @@
 //! `wasi` `thread-spawn`: a new OS thread with its own `Store` and instance
 //! over the program's one shared memory.
 
+use crate::pool::{Finishing, Job, WorkerPool};
 use crate::stop::{StopSignal, Stopped};
 use crate::supervisor::{Event, ThreadExit, TrapInfo};
 use crate::tid::{AllocError, TidAllocator};
 use crossbeam_channel::Sender;
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -39,7 +41,7 @@ pub(crate) struct Shared<T: 'static> {
     pub serials: AtomicU64,
     /// Why `wasi_thread_start` cannot be called, if it cannot.
     pub entry_error: Option<String>,
-    pub stack_size: usize,
+    pub pool: WorkerPool,
     pub store_setup: Option<StoreSetup<T>>,
 }
 
@@ -103,17 +105,13 @@ impl<T: Clone + Send + 'static> Shared<T> {
         };
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);
         let shared = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("wasi-thread-{tid}"))
-            .stack_size(self.stack_size)
-            .spawn(move || shared.thread_main(serial, tid, start_arg, data));
-        match spawned {
-            Ok(handle) => {
-                let _ = self.events.send(Event::Started {
-                    serial,
-                    tid,
-                    handle,
-                });
+        let job = Job {
+            name: format!("wasi-thread-{tid}"),
+            run: Box::new(move |finishing| shared.thread_main(serial, tid, start_arg, data, finishing)),
+        };
+        match self.pool.execute(job) {
+            Ok(()) => {
+                let _ = self.events.send(Event::Started { serial, tid });
                 Ok(tid as i32)
             }
             Err(e) => {
@@ -125,16 +123,32 @@ impl<T: Clone + Send + 'static> Shared<T> {
         }
     }
 
-    fn thread_main(self: Arc<Self>, serial: u64, tid: u32, start_arg: i32, data: T) {
-        let exit = catch_unwind(AssertUnwindSafe(|| self.run_thread(tid, start_arg, data)))
-            .unwrap_or_else(|payload| ThreadExit::HostPanic(panic_message(&*payload)));
-        // The store is gone; the TID is free before anyone hears this thread
-        // has ended.
-        self.tids.release(tid);
+    fn thread_main(
+        self: Arc<Self>,
+        serial: u64,
+        tid: u32,
+        start_arg: i32,
+        data: T,
+        finishing: &Finishing<'_>,
+    ) {
+        // Once the guest code is done, its TID and its worker are free for
+        // the next spawn, even while the store is still being torn down.
+        let released = Cell::new(false);
+        let guest_done = || {
+            if !released.replace(true) {
+                self.tids.release(tid);
+                finishing.now();
+            }
+        };
+        let exit = catch_unwind(AssertUnwindSafe(|| {
+            self.run_thread(tid, start_arg, data, &guest_done)
+        }))
+        .unwrap_or_else(|payload| ThreadExit::HostPanic(panic_message(&*payload)));
+        guest_done();
         let _ = self.events.send(Event::Exited { serial, tid, exit });
     }
 
-    fn run_thread(&self, tid: u32, start_arg: i32, data: T) -> ThreadExit {
+    fn run_thread(&self, tid: u32, start_arg: i32, data: T, guest_done: &dyn Fn()) -> ThreadExit {
         let result = (|| {
             let pre = self
                 .pre
@@ -144,7 +158,9 @@ impl<T: Clone + Send + 'static> Shared<T> {
             let instance = pre.instantiate(&mut store)?;
             let start =
                 instance.get_typed_func::<(i32, i32), ()>(&mut store, "wasi_thread_start")?;
-            start.call(&mut store, (tid as i32, start_arg))
+            let result = start.call(&mut store, (tid as i32, start_arg));
+            guest_done();
+            result
         })();
         match result {
             Ok(()) => ThreadExit::Returned,

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::fmt;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The TID reported for the main thread (the one that runs `_start`); the
 /// wasi-threads ABI gives spawned threads TIDs from 1 up.
@@ -103,12 +103,8 @@ pub enum ThreadEvent {
 
 /// What guest threads tell the supervisor.
 pub(crate) enum Event {
-    /// An OS thread was started for a guest thread.
-    Started {
-        serial: u64,
-        tid: u32,
-        handle: JoinHandle<()>,
-    },
+    /// A guest thread was handed to an OS thread.
+    Started { serial: u64, tid: u32 },
     /// A TID was allocated but no OS thread could be started for it.
     SpawnFailed,
     /// A guest thread finished; its store is already dropped.
@@ -135,8 +131,10 @@ impl CancelHandle {
     }
 }
 
-struct Tracked {
-    handle: Option<JoinHandle<()>>,
+/// What the supervisor has heard of one guest thread.
+#[derive(Default)]
+struct Seen {
+    started: bool,
     exited: bool,
 }
 
@@ -144,9 +142,12 @@ struct Tracked {
 pub(crate) struct Supervisor {
     rx: Receiver<Event>,
     observer: Option<Sender<ThreadEvent>>,
-    threads: HashMap<u64, Tracked>,
-    /// Spawns accounted for: OS threads started, or failed to start.
+    /// Guest threads heard of but not yet both started and exited.
+    pending: HashMap<u64, Seen>,
+    /// Spawns accounted for: handed to an OS thread, or failed.
     spawns_seen: u64,
+    main: Option<JoinHandle<()>>,
+    main_serial: u64,
 }
 
 impl Supervisor {
@@ -154,17 +155,21 @@ impl Supervisor {
         Supervisor {
             rx,
             observer,
-            threads: HashMap::new(),
+            pending: HashMap::new(),
             spawns_seen: 0,
+            main: None,
+            main_serial: 0,
         }
     }
 
-    /// Registers the main thread, which `run` starts itself.
+    /// Registers the main thread, which `run` starts on its own OS thread.
     pub(crate) fn track_main(&mut self, serial: u64, handle: JoinHandle<()>) {
-        self.threads.insert(
+        self.main = Some(handle);
+        self.main_serial = serial;
+        self.pending.insert(
             serial,
-            Tracked {
-                handle: Some(handle),
+            Seen {
+                started: true,
                 exited: false,
             },
         );
@@ -195,19 +200,11 @@ impl Supervisor {
     /// Books an event; returns the outcome if the event ends the program.
     fn record(&mut self, event: Event) -> Option<Outcome> {
         match event {
-            Event::Started {
-                serial,
-                tid,
-                handle,
-            } => {
+            Event::Started { serial, tid } => {
                 self.spawns_seen += 1;
                 self.observe(ThreadEvent::Spawned { tid });
-                let entry = self.threads.entry(serial).or_insert(Tracked {
-                    handle: None,
-                    exited: false,
-                });
-                entry.handle = Some(handle);
-                self.join_if_done(serial);
+                self.pending.entry(serial).or_default().started = true;
+                self.forget_if_done(serial);
                 None
             }
             Event::SpawnFailed => {
@@ -216,14 +213,8 @@ impl Supervisor {
             }
             Event::Exited { serial, tid, exit } => {
                 log::debug!("thread {tid} ended: {exit:?}");
-                self.threads
-                    .entry(serial)
-                    .or_insert(Tracked {
-                        handle: None,
-                        exited: false,
-                    })
-                    .exited = true;
-                self.join_if_done(serial);
+                self.pending.entry(serial).or_default().exited = true;
+                self.forget_if_done(serial);
                 let outcome = match &exit {
                     ThreadExit::Returned if tid == MAIN_TID => Some(Outcome::Exit { code: 0, tid }),
                     ThreadExit::Returned | ThreadExit::Stopped => None,
@@ -250,40 +241,33 @@ impl Supervisor {
         }
     }
 
-    fn join_if_done(&mut self, serial: u64) {
-        let done = matches!(self.threads.get(&serial), Some(t) if t.exited && t.handle.is_some());
-        if done
-            && let Some(Tracked {
-                handle: Some(handle),
-                ..
-            }) = self.threads.remove(&serial)
-        {
-            // The thread has sent its last event; it only has to return.
-            let _ = handle.join();
+    fn forget_if_done(&mut self, serial: u64) {
+        if matches!(self.pending.get(&serial), Some(seen) if seen.started && seen.exited) {
+            self.pending.remove(&serial);
         }
     }
 
-    /// After the stop signal: joins every thread, given that `spawns_total`
-    /// spawns were ever allocated (the allocator is closed, so no more come).
-    /// Threads that do not finish within `grace` are detached; returns how
-    /// many were.
-    pub(crate) fn join_all(&mut self, spawns_total: u64, grace: Duration) -> usize {
-        let deadline = Instant::now() + grace;
-        while self.spawns_seen < spawns_total || !self.threads.is_empty() {
+    /// After the stop signal: waits until every guest thread has ended,
+    /// given that `spawns_total` spawns were ever allocated (the allocator is
+    /// closed, so no more come), and joins the main thread. Threads still
+    /// running at `deadline` are given up on; returns how many.
+    pub(crate) fn wait_for_all(&mut self, spawns_total: u64, deadline: Instant) -> usize {
+        while self.spawns_seen < spawns_total || !self.pending.is_empty() {
             match self.rx.recv_deadline(deadline) {
+                // Causes that arrive now lose: the outcome is decided.
                 Ok(event) => {
-                    // Causes that arrive now lose: the outcome is decided.
                     let _ = self.record(event);
                 }
                 Err(_) => break,
             }
         }
-        let detached =
-            self.threads.len() + (spawns_total - self.spawns_seen.min(spawns_total)) as usize;
-        if detached > 0 {
-            log::warn!("{detached} guest thread(s) did not stop within {grace:?}; detaching them");
+        if !self.pending.contains_key(&self.main_serial)
+            && let Some(main) = self.main.take()
+        {
+            // It has sent its last event; it only has to return.
+            let _ = main.join();
         }
-        detached
+        self.pending.len() + (spawns_total.saturating_sub(self.spawns_seen)) as usize
     }
 }
 
