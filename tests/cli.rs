@@ -201,6 +201,25 @@ fn bad_input_is_one_line_and_exit_1() {
     let truncated = dir.join("truncated.wasm");
     let bytes = std::fs::read(fixture("c-pthreads.wasm")).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let start_traps = dir.join("start-traps.wat");
+    std::fs::write(
+        &start_traps,
+        r#"(module (func $init unreachable) (start $init) (memory (export "memory") 1) (func (export "_start")))"#,
+    )
+    .unwrap();
+    let unshared = dir.join("unshared.wat");
+    std::fs::write(
+        &unshared,
+        r#"(module (import "wasi" "thread-spawn" (func (param i32) (result i32)))
+             (import "env" "memory" (memory 1 2)) (func (export "_start")))"#,
+    )
+    .unwrap();
+    let no_max = dir.join("no-max.wat");
+    std::fs::write(
+        &no_max,
+        r#"(module (import "env" "memory" (memory 1 shared)) (func (export "_start")))"#,
+    )
+    .unwrap();
     let unknown = dir.join("unknown.wat");
     std::fs::write(
         &unknown,
@@ -213,6 +232,9 @@ fn bad_input_is_one_line_and_exit_1() {
         (vec![text.to_str().unwrap()], "not a WebAssembly module"),
         (vec![truncated.to_str().unwrap()], "cannot run"),
         (vec![unknown.to_str().unwrap()], "nowhere"),
+        (vec![start_traps.to_str().unwrap()], "unreachable"),
+        (vec![unshared.to_str().unwrap()], "not shared"),
+        (vec![no_max.to_str().unwrap()], "maximum"),
     ] {
         let run = cli(&args);
         assert_exit(&run, 1);
@@ -240,6 +262,15 @@ fn bad_input_is_one_line_and_exit_1() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn timeout_stops_the_program_with_124() {
+    let path = fixture("c-infinite.wasm");
+    let run = cli(&["--timeout", "300ms", path.to_str().unwrap()]);
+    assert_exit(&run, 124);
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
+    assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
 }
 
 #[test]

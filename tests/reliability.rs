@@ -375,3 +375,47 @@ fn random_schedules() {
         assert_eq!(guest_threads_alive(), 0, "case {case}");
     }
 }
+
+/// With a limit of one live thread, spawning right after the guest saw its
+/// previous thread finish must never fail: the TID is free by then, or
+/// thread-spawn waits the moment it takes to become free.
+#[test]
+fn spawn_right_after_join_at_the_limit_never_fails() {
+    let _serial = SERIAL.lock();
+    let module = compile(
+        &engine(),
+        race_guest(
+            r#"(func (export "wasi_thread_start") (param $tid i32) (param $arg i32)
+                 (i32.atomic.store (i32.const 0) (i32.const 1))
+                 (drop (memory.atomic.notify (i32.const 0) (i32.const 1))))
+               (func (export "_start") (local $i i32)
+                 (loop $l
+                   (i32.atomic.store (i32.const 0) (i32.const 0))
+                   (if (i32.lt_s (call $spawn (i32.const 0)) (i32.const 0))
+                     (then (call $exit (i32.const 1))))
+                   ;; "join": wait until the thread says it is done
+                   (block $joined
+                     (loop $w
+                       (br_if $joined (i32.atomic.load (i32.const 0)))
+                       (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))
+                       (br $w)))
+                   (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                   (br_if $l (i32.lt_u (local.get $i) (i32.const 2000))))
+                 (call $exit (i32.const 0)))"#,
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let outcome = Runner::new()
+        .inherit_stdio(false)
+        .max_threads(1)
+        .run_module(&module)
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Exit {
+            code: 0,
+            tid: MAIN_TID
+        }
+    );
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// module cannot be run at all. Set RUST_LOG=wasi_threads_host=debug for
 /// diagnostics.
 #[derive(Debug, Parser)]
-#[command(name = "wasi-threads", version, about, long_about = None)]
+#[command(name = "wasi-threads", version)]
 pub struct Cli {
     /// Give the guest a host directory: HOST, or HOST::GUEST to mount it
     /// under another name. Repeatable.
@@ -28,6 +28,11 @@ pub struct Cli {
     /// fails with EAGAIN in the guest.
     #[arg(long, value_name = "N", default_value_t = wasi_threads_host::DEFAULT_MAX_THREADS)]
     pub max_threads: u32,
+
+    /// How long an OS thread whose guest thread ended waits to run the next
+    /// spawned one (OS threads are reused; 0 disables reuse).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub thread_keep_alive: Duration,
 
     /// Stop the program after this long (e.g. 30s, 500ms, 2m; a bare number
     /// is seconds) and exit with status 124.

@@ -29,7 +29,14 @@ fn main() -> ExitCode {
             outcome.exit_status()
         }
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            // One line, whatever the error's own formatting.
+            let message = format!("{e:#}");
+            let message: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("Error: {}", message.join(" "));
             1
         }
     };
@@ -43,7 +50,8 @@ fn run(cli: cli::Cli) -> wasmtime::Result<Outcome> {
     let mut runner = Runner::new()
         .arg(cli.module.to_string_lossy())
         .args(cli.args)
-        .max_threads(cli.max_threads);
+        .max_threads(cli.max_threads)
+        .keep_alive(cli.thread_keep_alive);
     for (key, value) in cli.env {
         match value.or_else(|| std::env::var(&key).ok()) {
             Some(value) => runner = runner.env(key, value),

@@ -38,8 +38,8 @@ pub mod wasi;
 
 pub use memory::{ImportedMemory, MemoryPlan};
 pub use program::{
-    DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE, ThreadsConfig, WasiThreads,
-    engine_config,
+    DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
+    ThreadsConfig, WasiThreads, engine_config,
 };
 pub use rewrite::compile;
 pub use runner::Runner;

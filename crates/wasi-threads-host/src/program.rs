@@ -296,7 +296,14 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             None => bail!("the module does not export `_start` (is it a WASI command?)"),
         }
         let pre = linker.instantiate_pre(&shared.module)?;
-        let instance = pre.instantiate(&mut store)?;
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| match spawn::classify(e) {
+                supervisor::ThreadExit::Trap(trap) => {
+                    wasmtime::format_err!("instantiating the module failed: {}", trap.message)
+                }
+                other => wasmtime::format_err!("instantiating the module failed: {other:?}"),
+            })?;
         let _ = shared.pre.set(pre);
 
         let deadline = self.timeout.map(|t| Instant::now() + t);
@@ -317,6 +324,9 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
                     }
                 }))
                 .unwrap_or_else(|p| supervisor::ThreadExit::HostPanic(spawn::panic_message(&*p)));
+                if exit.ends_program(MAIN_TID) {
+                    main_shared.end_program();
+                }
                 let _ = main_shared.events.send(Event::Exited {
                     serial: main_serial,
                     tid: MAIN_TID,
@@ -328,10 +338,11 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         supervisor.track_main(main_serial, main);
         let outcome = supervisor.wait_for_outcome(deadline);
         log::debug!("program ended: {outcome}; stopping every thread");
+        shared.end_program();
         let spawns_total = shared.tids.close();
-        supervisor::stop_everything(&shared.engine, &shared.stop, &shared.parking);
         let deadline = Instant::now() + self.join_timeout;
-        let stuck = supervisor.wait_for_all(spawns_total, deadline) + shared.pool.shutdown(deadline);
+        let stuck =
+            supervisor.wait_for_all(spawns_total, deadline) + shared.pool.shutdown(deadline);
         if stuck > 0 {
             log::warn!(
                 "{stuck} guest thread(s) did not stop within {:?} (stuck in host code?); detached",

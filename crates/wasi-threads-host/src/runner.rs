@@ -38,6 +38,7 @@ pub struct Runner {
     wasi_setup: Vec<WasiSetup>,
     stdin: Option<SharedStdin>,
     max_threads: Option<u32>,
+    keep_alive: Option<Duration>,
     timeout: Option<Duration>,
     on_start: Option<Box<dyn FnOnce(CancelHandle) + Send>>,
 }
@@ -66,6 +67,7 @@ impl Runner {
             wasi_setup: Vec::new(),
             stdin: None,
             max_threads: None,
+            keep_alive: None,
             timeout: None,
             on_start: None,
         }
@@ -133,6 +135,13 @@ impl Runner {
         self
     }
 
+    /// How long an idle OS thread waits to run the next spawned guest
+    /// thread; see [`ThreadsConfig::keep_alive`].
+    pub fn keep_alive(mut self, idle: Duration) -> Self {
+        self.keep_alive = Some(idle);
+        self
+    }
+
     /// A wall-clock limit for the whole program.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
@@ -170,6 +179,9 @@ impl Runner {
         let mut config = ThreadsConfig::new().timeout(self.timeout);
         if let Some(n) = self.max_threads {
             config = config.max_threads(n);
+        }
+        if let Some(idle) = self.keep_alive {
+            config = config.keep_alive(idle);
         }
         let threads = WasiThreads::with_config(&engine, module, config)?;
 

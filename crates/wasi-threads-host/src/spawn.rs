@@ -107,7 +107,9 @@ impl<T: Clone + Send + 'static> Shared<T> {
         let shared = self.clone();
         let job = Job {
             name: format!("wasi-thread-{tid}"),
-            run: Box::new(move |finishing| shared.thread_main(serial, tid, start_arg, data, finishing)),
+            run: Box::new(move |finishing| {
+                shared.thread_main(serial, tid, start_arg, data, finishing)
+            }),
         };
         match self.pool.execute(job) {
             Ok(()) => {
@@ -145,7 +147,19 @@ impl<T: Clone + Send + 'static> Shared<T> {
         }))
         .unwrap_or_else(|payload| ThreadExit::HostPanic(panic_message(&*payload)));
         guest_done();
+        if exit.ends_program(tid) {
+            self.end_program();
+        }
         let _ = self.events.send(Event::Exited { serial, tid, exit });
+    }
+
+    /// Stops every thread at once, from the thread whose exit ends the
+    /// program: waiting for the supervisor to be scheduled first would only
+    /// add latency. The supervisor still decides the outcome, from the order
+    /// in which the exits reach it.
+    pub fn end_program(&self) {
+        self.tids.close();
+        crate::supervisor::stop_everything(&self.engine, &self.stop, &self.parking);
     }
 
     fn run_thread(&self, tid: u32, start_arg: i32, data: T, guest_done: &dyn Fn()) -> ThreadExit {

@@ -32,6 +32,17 @@ pub enum ThreadExit {
     HostPanic(String),
 }
 
+impl ThreadExit {
+    /// Whether this exit of thread `tid` ends the whole program.
+    pub fn ends_program(&self, tid: u32) -> bool {
+        match self {
+            ThreadExit::Returned => tid == MAIN_TID,
+            ThreadExit::Stopped => false,
+            ThreadExit::Exit(_) | ThreadExit::Trap(_) | ThreadExit::HostPanic(_) => true,
+        }
+    }
+}
+
 /// What a trap looked like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrapInfo {
@@ -278,6 +289,9 @@ pub(crate) fn stop_everything(
     stop: &StopSignal,
     parking: &crate::wait::ParkingLot,
 ) {
+    if stop.is_stopped() {
+        return;
+    }
     stop.trigger();
     parking.wake_all();
     // Every program store has an epoch deadline one tick ahead, so a single

@@ -7,8 +7,15 @@
 //! thread has ended: a guest churning through millions of short-lived threads
 //! must never run out.
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// How long a spawn at the limit waits for a finishing thread's TID: a guest
+/// can see a thread as finished (its join returns) a moment before the
+/// thread's wasm has returned and its TID is free, and spawning right after
+/// a join must not fail for that.
+const LIMIT_GRACE: Duration = Duration::from_millis(20);
 
 /// The largest TID the wasi-threads ABI allows.
 pub const MAX_TID: u32 = 0x1FFF_FFFF;
@@ -21,6 +28,7 @@ pub const MAX_TID: u32 = 0x1FFF_FFFF;
 #[derive(Debug)]
 pub struct TidAllocator {
     state: Mutex<State>,
+    released: Condvar,
     limit: u32,
 }
 
@@ -52,6 +60,7 @@ impl TidAllocator {
                 closed: false,
                 allocated: 0,
             }),
+            released: Condvar::new(),
             limit: limit.min(MAX_TID),
         }
     }
@@ -59,11 +68,23 @@ impl TidAllocator {
     /// Takes a TID for a new thread.
     pub fn allocate(&self) -> Result<u32, AllocError> {
         let mut state = self.state.lock();
-        if state.closed {
-            return Err(AllocError::Closed);
-        }
-        if state.live.len() >= self.limit as usize {
-            return Err(AllocError::LimitReached);
+        let deadline = Instant::now() + LIMIT_GRACE;
+        loop {
+            if state.closed {
+                return Err(AllocError::Closed);
+            }
+            if state.live.len() < self.limit as usize {
+                break;
+            }
+            if self.released.wait_until(&mut state, deadline).timed_out()
+                && state.live.len() >= self.limit as usize
+            {
+                return Err(if state.closed {
+                    AllocError::Closed
+                } else {
+                    AllocError::LimitReached
+                });
+            }
         }
         // Terminates: fewer than MAX_TID TIDs are live, so a free one exists.
         loop {
@@ -79,6 +100,7 @@ impl TidAllocator {
     /// Gives back a TID whose thread has finished running guest code.
     pub fn release(&self, tid: u32) {
         self.state.lock().live.remove(&tid);
+        self.released.notify_one();
     }
 
     /// Refuses every later allocation. Returns with the allocator closed, so
@@ -88,6 +110,7 @@ impl TidAllocator {
     pub fn close(&self) -> u64 {
         let mut state = self.state.lock();
         state.closed = true;
+        self.released.notify_all();
         state.allocated
     }
 
