@@ -202,3 +202,88 @@ pub(crate) fn add_to_linker<T: 'static>(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn memory() -> SharedMemory {
+        let engine = wasmtime::Engine::new(&crate::engine_config()).unwrap();
+        SharedMemory::new(&engine, wasmtime::MemoryType::shared(1, 1)).unwrap()
+    }
+
+    #[test]
+    fn notify_wakes_exactly_as_many_as_asked() {
+        let memory = memory();
+        let lot = Arc::new(ParkingLot::new(StopSignal::new()));
+        let woken = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let (lot, memory, woken) = (lot.clone(), memory.clone(), woken.clone());
+                std::thread::spawn(move || {
+                    let r = lot.wait(&memory, 16, 0, Expected::U32(0), -1).unwrap();
+                    assert_eq!(r, 0);
+                    woken.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Wait until all four are parked.
+        while lot.queues.lock().get(&16).map_or(0, |q| q.len()) < 4 {
+            std::thread::yield_now();
+        }
+        assert_eq!(lot.notify(&memory, 16, 0, 3).unwrap(), 3);
+        while woken.load(Ordering::SeqCst) < 3 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(woken.load(Ordering::SeqCst), 3);
+        // memarg offset: 12 + 4 is the same address.
+        assert_eq!(lot.notify(&memory, 12, 4, 10).unwrap(), 1);
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert!(lot.queues.lock().is_empty());
+    }
+
+    #[test]
+    fn stop_wakes_every_waiter_with_stopped() {
+        let memory = memory();
+        let stop = StopSignal::new();
+        let lot = Arc::new(ParkingLot::new(stop.clone()));
+        let waiters: Vec<_> = (0..8)
+            .map(|i| {
+                let (lot, memory) = (lot.clone(), memory.clone());
+                std::thread::spawn(move || lot.wait(&memory, 8 * i, 0, Expected::U64(0), -1))
+            })
+            .collect();
+        while lot.queues.lock().values().map(|q| q.len()).sum::<usize>() < 8 {
+            std::thread::yield_now();
+        }
+        stop.trigger();
+        lot.wake_all();
+        for w in waiters {
+            let err = w.join().unwrap().unwrap_err();
+            assert!(err.downcast_ref::<Stopped>().is_some());
+        }
+    }
+
+    #[test]
+    fn a_wait_racing_a_store_and_notify_never_sleeps_forever() {
+        let memory = memory();
+        let lot = Arc::new(ParkingLot::new(StopSignal::new()));
+        for round in 0..200u32 {
+            let (l, m) = (lot.clone(), memory.clone());
+            let waiter =
+                std::thread::spawn(move || l.wait(&m, 32, 0, Expected::U32(round), 5_000_000_000));
+            // The guest protocol: store the new value, then notify.
+            let cell = memory.data()[32].get();
+            // SAFETY: address 32 is in bounds and 4-byte aligned.
+            unsafe { AtomicU32::from_ptr(cell.cast()) }.store(round + 1, Ordering::SeqCst);
+            lot.notify(&memory, 32, 0, 1).unwrap();
+            // 0 (woken) or 1 (saw the new value); never 2 (timed out).
+            let r = waiter.join().unwrap().unwrap();
+            assert!(r == 0 || r == 1, "round {round}: {r}");
+        }
+    }
+}
