@@ -383,3 +383,58 @@ fn missing_entry_point_makes_spawn_fail_not_abort() {
         }
     );
 }
+
+/// The supervisor stops running threads with one epoch tick; another store
+/// on the same engine, with a deadline of its own further out, must not
+/// notice.
+#[test]
+fn other_stores_on_a_shared_engine_are_not_disturbed() {
+    let engine = engine();
+    let other = wasmtime::Module::new(
+        &engine,
+        r#"(module (func (export "count") (param $n i32) (result i32)
+             (local $i i32)
+             (loop $l
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
+             (local.get $i)))"#,
+    )
+    .unwrap();
+    let other_engine = engine.clone();
+    let counter = std::thread::spawn(move || {
+        let mut store = wasmtime::Store::new(&other_engine, ());
+        store.set_epoch_deadline(1_000);
+        store.epoch_deadline_trap();
+        let instance = wasmtime::Instance::new(&mut store, &other, &[]).unwrap();
+        let count = instance
+            .get_typed_func::<i32, i32>(&mut store, "count")
+            .unwrap();
+        count.call(&mut store, 400_000_000)
+    });
+    // Several programs end (each ticks the epoch once) while it counts.
+    let module = compile(&engine, RECORDING_GUEST.as_bytes()).unwrap();
+    for _ in 0..5 {
+        let threads = WasiThreads::new(&engine, &module).unwrap();
+        let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+        let store = threads
+            .new_store(State {
+                wasi,
+                calls: Default::default(),
+            })
+            .unwrap();
+        let mut linker = Linker::new(&engine);
+        threads.add_to_linker(&mut linker, &store).unwrap();
+        wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+        linker
+            .func_wrap("host", "record", |_: i32, _: i32| {})
+            .unwrap();
+        assert_eq!(
+            threads.run(&linker, store).unwrap(),
+            Outcome::Exit {
+                code: 4,
+                tid: MAIN_TID
+            }
+        );
+    }
+    assert_eq!(counter.join().unwrap().unwrap(), 400_000_000);
+}

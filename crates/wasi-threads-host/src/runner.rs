@@ -230,6 +230,13 @@ impl Runner {
         if let Some(on_start) = self.on_start {
             on_start(threads.cancel_handle());
         }
-        threads.run(&linker, store)
+        let outcome = threads.run(&linker, store);
+        if self.inherit_stdio {
+            // Whatever the guest wrote is out before the caller hears the
+            // outcome (Rust's stdout buffers up to a newline).
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        }
+        outcome
     }
 }
