@@ -39,6 +39,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
+    /// Do not use Wasmtime's on-disk cache of compiled modules (by default
+    /// repeated runs of the same module, as under cargo test, skip compiling).
+    #[arg(long)]
+    pub no_cache: bool,
+
     /// The module to run (binary .wasm or text .wat).
     #[arg(value_name = "MODULE")]
     pub module: PathBuf,

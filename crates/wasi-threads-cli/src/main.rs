@@ -47,7 +47,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> wasmtime::Result<Outcome> {
+    let mut config = wasi_threads_host::engine_config();
+    if !cli.no_cache {
+        match wasmtime::Cache::from_file(None) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(e) => log::debug!("compilation cache unavailable: {e:#}"),
+        }
+    }
+    let engine = wasmtime::Engine::new(&config)?;
     let mut runner = Runner::new()
+        .engine(engine)
         .arg(cli.module.to_string_lossy())
         .args(cli.args)
         .max_threads(cli.max_threads)
