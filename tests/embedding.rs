@@ -55,6 +55,23 @@ fn engine() -> Engine {
     Engine::new(&engine_config()).unwrap()
 }
 
+/// Runs RECORDING_GUEST through the embedding API, with `record` as its
+/// `host.record` import, next to WASI in the same linker.
+fn run_recording_guest(
+    engine: &Engine,
+    threads: WasiThreads<State>,
+    calls: Arc<Mutex<Vec<(i32, i32)>>>,
+    record: impl Fn(wasmtime::Caller<'_, State>, i32, i32) + Send + Sync + 'static,
+) -> Outcome {
+    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let store = threads.new_store(State { wasi, calls }).unwrap();
+    let mut linker = Linker::new(engine);
+    threads.add_to_linker(&mut linker, &store).unwrap();
+    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    linker.func_wrap("host", "record", record).unwrap();
+    threads.run(&linker, store).unwrap()
+}
+
 #[test]
 fn embedder_linker_with_own_host_function() {
     let engine = engine();
@@ -62,28 +79,9 @@ fn embedder_linker_with_own_host_function() {
     let mut threads = WasiThreads::new(&engine, &module).unwrap();
     let events = threads.events();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
-    let store = threads
-        .new_store(State {
-            wasi,
-            calls: calls.clone(),
-        })
-        .unwrap();
-
-    let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
-    linker
-        .func_wrap(
-            "host",
-            "record",
-            |caller: wasmtime::Caller<'_, State>, tid: i32, arg: i32| {
-                caller.data().calls.lock().push((tid, arg));
-            },
-        )
-        .unwrap();
-
-    let outcome = threads.run(&linker, store).unwrap();
+    let outcome = run_recording_guest(&engine, threads, calls.clone(), |caller, tid, arg| {
+        caller.data().calls.lock().push((tid, arg));
+    });
     assert_eq!(
         outcome,
         Outcome::Exit {
@@ -186,24 +184,11 @@ fn host_panic_on_a_spawned_thread_is_contained() {
     let engine = engine();
     let module = compile(&engine, guest.as_bytes()).unwrap();
     let threads = WasiThreads::with_config(&engine, &module, ThreadsConfig::new()).unwrap();
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
-    let store = threads
-        .new_store(State {
-            wasi,
-            calls: Default::default(),
-        })
-        .unwrap();
-    let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
-    linker
-        .func_wrap("host", "record", |_tid: i32, arg: i32| {
-            if arg == 102 {
-                panic!("embedder bug on purpose");
-            }
-        })
-        .unwrap();
-    let outcome = threads.run(&linker, store).unwrap();
+    let outcome = run_recording_guest(&engine, threads, Default::default(), |_, _tid, arg| {
+        if arg == 102 {
+            panic!("embedder bug on purpose");
+        }
+    });
     match outcome {
         Outcome::HostPanic { tid, message } => {
             assert_ne!(tid, MAIN_TID);
@@ -415,21 +400,9 @@ fn other_stores_on_a_shared_engine_are_not_disturbed() {
     let module = compile(&engine, RECORDING_GUEST.as_bytes()).unwrap();
     for _ in 0..5 {
         let threads = WasiThreads::new(&engine, &module).unwrap();
-        let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
-        let store = threads
-            .new_store(State {
-                wasi,
-                calls: Default::default(),
-            })
-            .unwrap();
-        let mut linker = Linker::new(&engine);
-        threads.add_to_linker(&mut linker, &store).unwrap();
-        wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
-        linker
-            .func_wrap("host", "record", |_: i32, _: i32| {})
-            .unwrap();
+        let outcome = run_recording_guest(&engine, threads, Default::default(), |_, _, _| {});
         assert_eq!(
-            threads.run(&linker, store).unwrap(),
+            outcome,
             Outcome::Exit {
                 code: 4,
                 tid: MAIN_TID
