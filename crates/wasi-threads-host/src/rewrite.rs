@@ -13,7 +13,7 @@
 //! of the module is re-encoded unchanged apart from function indices, which
 //! shift by the three imports added after the module's own function imports.
 
-use wasm_encoder::reencode::{self, Reencode, RoundtripReencoder};
+use wasm_encoder::reencode::{self, Reencode};
 use wasmparser::{Operator, Parser, Payload, TypeRef};
 use wasmtime::{Engine, Module, Result, bail, format_err};
 
@@ -273,16 +273,109 @@ impl Reencode for Rewriter {
     }
 }
 
-/// Checks that rewriting leaves a module valid (used by tests).
-#[allow(dead_code)]
-pub(crate) fn validate(bytes: &[u8]) -> Result<()> {
-    let mut features = wasmparser::WasmFeatures::default();
-    features |= wasmparser::WasmFeatures::THREADS;
-    match wasmparser::Validator::new_with_features(features).validate_all(bytes) {
-        Ok(_) => Ok(()),
-        Err(e) => bail!("{e}"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUEST: &str = r#"(module
+      (import "env" "f" (func $f))
+      (import "env" "memory" (memory 1 1 shared))
+      (func $a (export "a") (call $b))
+      (func $b
+        (drop (memory.atomic.wait32 offset=8 (i32.const 0) (i32.const 0) (i64.const 0)))
+        (drop (memory.atomic.wait64 (i32.const 0) (i64.const 0) (i64.const 0)))
+        (drop (memory.atomic.notify (i32.const 0) (i32.const 1)))
+        (call $f))
+      (table 1 funcref)
+      (elem (i32.const 0) $b)
+      (start $a))"#;
+
+    #[test]
+    fn rewritten_module_is_valid_and_calls_the_host() {
+        let out = rewrite(GUEST.as_bytes()).unwrap().expect("rewritten");
+        let features = wasmparser::WasmFeatures::default() | wasmparser::WasmFeatures::THREADS;
+        wasmparser::Validator::new_with_features(features)
+            .validate_all(&out)
+            .unwrap();
+        let mut imports = Vec::new();
+        let mut names = Vec::new();
+        let mut atomics_left = 0;
+        let mut start = None;
+        for payload in Parser::new(0).parse_all(&out) {
+            match payload.unwrap() {
+                Payload::ImportSection(reader) => {
+                    for import in reader.into_imports() {
+                        let import = import.unwrap();
+                        imports.push(format!("{}.{}", import.module, import.name));
+                    }
+                }
+                Payload::StartSection { func, .. } => start = Some(func),
+                Payload::CodeSectionEntry(body) => {
+                    let mut ops = body.get_operators_reader().unwrap();
+                    while !ops.eof() {
+                        if wait_or_notify_memory(&ops.read().unwrap()).is_some() {
+                            atomics_left += 1;
+                        }
+                    }
+                }
+                Payload::CustomSection(section) => {
+                    if let wasmparser::KnownCustom::Name(reader) = section.as_known() {
+                        for name in reader {
+                            if let wasmparser::Name::Function(map) = name.unwrap() {
+                                for naming in map {
+                                    let naming = naming.unwrap();
+                                    names.push((naming.index, naming.name.to_string()));
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            imports,
+            [
+                "env.f",
+                "env.memory",
+                "wasi-threads-host.memory.atomic.wait32",
+                "wasi-threads-host.memory.atomic.wait64",
+                "wasi-threads-host.memory.atomic.notify",
+            ]
+        );
+        assert_eq!(atomics_left, 0);
+        // The module's own functions moved past the three new imports, and
+        // every reference to them (start, names) moved with them.
+        assert_eq!(start, Some(4));
+        assert_eq!(
+            names,
+            [
+                (0, "f".to_string()),
+                (4, "a".to_string()),
+                (5, "b".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn modules_without_waits_are_left_alone() {
+        let plain =
+            r#"(module (import "env" "memory" (memory 1 1 shared)) (func (export "_start")))"#;
+        assert!(rewrite(plain.as_bytes()).unwrap().is_none());
+        let unshared = r#"(module (memory 1) (func (drop (memory.atomic.notify (i32.const 0) (i32.const 1)))))"#;
+        assert!(rewrite(unshared.as_bytes()).unwrap().is_none());
+    }
+
+    #[test]
+    fn rewriting_twice_is_a_no_op() {
+        let once = rewrite(GUEST.as_bytes()).unwrap().unwrap();
+        assert!(rewrite(&once).unwrap().is_none());
+    }
+
+    #[test]
+    fn not_wasm_is_one_clear_line() {
+        let err = rewrite(b"hello").unwrap_err().to_string();
+        assert!(err.starts_with("not a WebAssembly module"), "{err}");
+        assert!(!err.contains('\n'));
     }
 }
-
-#[allow(unused_imports)]
-use RoundtripReencoder as _;
