@@ -148,3 +148,52 @@ fn fdstat_set_flags_works_on_a_shared_descriptor() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn stdin_data_reaches_a_reading_thread_intact() {
+    // A spawned thread copies stdin to stdout until end of file while main
+    // waits for it; exits with 0.
+    let dir = std::env::temp_dir().join(format!("wasi-threads-cat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wat = dir.join("cat.wat");
+    std::fs::write(
+        &wat,
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+          (import "env" "memory" (memory 2 2 shared))
+          (export "memory" (memory 0))
+          ;; 0: done flag; 16: iovec {ptr 1024, len}; 32: nread; 1024: buffer
+          (func (export "wasi_thread_start") (param i32 i32)
+            (block $eof
+              (loop $copy
+                (i32.store (i32.const 16) (i32.const 1024))
+                (i32.store (i32.const 20) (i32.const 7))
+                (br_if $eof (call $read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 32)))
+                (br_if $eof (i32.eqz (i32.load (i32.const 32))))
+                (i32.store (i32.const 20) (i32.load (i32.const 32)))
+                (drop (call $write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 36)))
+                (br $copy)))
+            (i32.atomic.store (i32.const 0) (i32.const 1))
+            (drop (memory.atomic.notify (i32.const 0) (i32.const 1))))
+          (func (export "_start")
+            (drop (call $spawn (i32.const 0)))
+            (block $done
+              (loop $wait
+                (br_if $done (i32.atomic.load (i32.const 0)))
+                (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))
+                (br $wait)))))"#,
+    )
+    .unwrap();
+    let input: &'static [u8] = b"the quick brown fox jumps over the lazy dog\nand again\n";
+    let run = run_cli(
+        BIN,
+        &[wat.to_str().unwrap()],
+        Stdin::Bytes(input),
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout.as_bytes(), input);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

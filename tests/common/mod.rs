@@ -49,6 +49,8 @@ pub enum Stdin {
     OpenPipe,
     /// Empty: reads see end of file.
     Null,
+    /// These bytes, then end of file.
+    Bytes(&'static [u8]),
 }
 
 /// Runs the `wasi-threads` binary with `args`, killing it after `limit`.
@@ -57,7 +59,7 @@ pub fn run_cli(bin: &str, args: &[&str], stdin: Stdin, limit: Duration) -> Run {
     let mut child = Command::new(bin)
         .args(args)
         .stdin(match stdin {
-            Stdin::OpenPipe => Stdio::piped(),
+            Stdin::OpenPipe | Stdin::Bytes(_) => Stdio::piped(),
             Stdin::Null => Stdio::null(),
         })
         .stdout(Stdio::piped())
@@ -65,8 +67,15 @@ pub fn run_cli(bin: &str, args: &[&str], stdin: Stdin, limit: Duration) -> Run {
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("spawn wasi-threads");
-    // Keep the write end open (never written) until the child is gone.
-    let _stdin = child.stdin.take();
+    // OpenPipe: keep the write end open (never written) until the child is
+    // gone. Bytes: write them from a thread, then close.
+    let mut _stdin = child.stdin.take();
+    if let (Stdin::Bytes(bytes), Some(mut pipe)) = (stdin, _stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(bytes);
+        });
+    }
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
