@@ -70,7 +70,9 @@ pub fn run_cli(bin: &str, args: &[&str], stdin: Stdin, limit: Duration) -> Run {
     // OpenPipe: keep the write end open (never written) until the child is
     // gone. Bytes: write them from a thread, then close.
     let mut _stdin = child.stdin.take();
-    if let (Stdin::Bytes(bytes), Some(mut pipe)) = (stdin, _stdin.take()) {
+    if let Stdin::Bytes(bytes) = stdin
+        && let Some(mut pipe) = _stdin.take()
+    {
         std::thread::spawn(move || {
             use std::io::Write;
             let _ = pipe.write_all(bytes);
