@@ -14,7 +14,9 @@
 //!   here ever ends your process.
 //!
 //! [`Runner`] does all of it for the common case; [`WasiThreads`] is the
-//! embedding API underneath it.
+//! embedding API underneath it. The whole life of a program — its phases,
+//! how the first cause is claimed, the one stop function, the join — is in
+//! the `lifecycle` module (`src/lifecycle.rs`).
 //!
 //! # Engine configuration
 //!
@@ -23,6 +25,7 @@
 //! returns such a configuration. Stores of other programs on the same engine
 //! only see an epoch tick when a program ends.
 
+mod lifecycle;
 mod memory;
 mod pool;
 mod program;
@@ -32,20 +35,30 @@ mod spawn;
 mod stdin;
 mod stop;
 mod supervisor;
+mod sync;
 mod tid;
 mod wait;
 pub mod wasi;
 
-pub use memory::{ImportedMemory, MemoryPlan};
 pub use program::{
     DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
-    ThreadsConfig, WasiThreads, engine_config,
+    HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
 pub use rewrite::compile;
 pub use runner::Runner;
 pub use spawn::{EAGAIN, ENOSYS};
 pub use stdin::SharedStdin;
-pub use stop::{StopSignal, Stopped};
+pub use stop::Stopped;
 pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
-pub use tid::{MAX_TID, TidAllocator};
+pub use tid::MAX_TID;
 pub use wasi::SharedWasi;
+
+/// The lifecycle core and the pool's idle count, exposed only to the model
+/// checks in `tests/lifecycle_model.rs` (feature `model-check`, which builds
+/// them on `loom`'s primitives). Not part of the API.
+#[cfg(feature = "model-check")]
+#[doc(hidden)]
+pub mod model_check {
+    pub use crate::lifecycle::{Cause, Closed, Lifecycle, Phase};
+    pub use crate::pool::IdleCount;
+}

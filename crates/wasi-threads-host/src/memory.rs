@@ -5,11 +5,11 @@
 //! the import is called: toolchains use `env.memory`, but `"".memory` and
 //! `foo.bar` occur in the wild.
 
-use wasmtime::{Engine, ExternType, Module, Result, SharedMemory, bail};
+use wasmtime::{Engine, ExternType, MemoryTypeBuilder, Module, Result, SharedMemory, bail};
 
 /// What a module needs in the way of memory.
 #[derive(Debug, Clone)]
-pub enum MemoryPlan {
+pub(crate) enum MemoryPlan {
     /// The module imports a shared memory under `module`.`name`.
     Imported(ImportedMemory),
     /// The module brings its own memory, or none: nothing to provide.
@@ -18,7 +18,7 @@ pub enum MemoryPlan {
 
 /// A shared memory import, validated and ready to be created.
 #[derive(Debug, Clone)]
-pub struct ImportedMemory {
+pub(crate) struct ImportedMemory {
     /// The import's module name.
     pub module: String,
     /// The import's field name.
@@ -28,9 +28,36 @@ pub struct ImportedMemory {
 }
 
 impl ImportedMemory {
-    /// Creates the one shared memory all of the program's threads will use.
-    pub fn create(&self, engine: &Engine) -> Result<SharedMemory> {
-        SharedMemory::new(engine, self.ty.clone()).map_err(|e| {
+    /// Creates the one shared memory all of the program's threads will use,
+    /// with a maximum of at most `limit` bytes (the module's own maximum if
+    /// that is smaller). A memory at its maximum fails `memory.grow` with -1,
+    /// as the guest expects; a module whose *minimum* exceeds `limit` cannot
+    /// run at all.
+    pub fn create(&self, engine: &Engine, limit: Option<u64>) -> Result<SharedMemory> {
+        let mut ty = self.ty.clone();
+        if let Some(limit) = limit {
+            let page = ty.page_size();
+            let limit_pages = limit / page;
+            if ty.minimum() > limit_pages {
+                bail!(
+                    "memory import `{}.{}` needs at least {} bytes ({} pages), more than the \
+                     memory limit of {limit} bytes",
+                    self.module,
+                    self.name,
+                    ty.minimum().saturating_mul(page),
+                    ty.minimum(),
+                );
+            }
+            let maximum = ty.maximum().map_or(limit_pages, |max| max.min(limit_pages));
+            ty = MemoryTypeBuilder::new()
+                .min(ty.minimum())
+                .max(Some(maximum))
+                .shared(true)
+                .memory64(ty.is_64())
+                .page_size_log2(ty.page_size_log2())
+                .build()?;
+        }
+        SharedMemory::new(engine, ty).map_err(|e| {
             e.context(format!(
                 "cannot create shared memory `{}.{}`",
                 self.module, self.name
@@ -44,7 +71,7 @@ impl ImportedMemory {
 /// A threaded module must import its memory, shared and with a maximum: a
 /// memory the module defines itself would be created anew for every thread's
 /// instance, so the threads would silently not share memory.
-pub fn plan(module: &Module, spawns_threads: bool) -> Result<MemoryPlan> {
+pub(crate) fn plan(module: &Module, spawns_threads: bool) -> Result<MemoryPlan> {
     let mut imported = None;
     for import in module.imports() {
         let ExternType::Memory(ty) = import.ty() else {

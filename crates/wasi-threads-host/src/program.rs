@@ -1,17 +1,16 @@
 //! [`WasiThreads`]: one run of one wasi-threads module, tying the shared
-//! memory, `thread-spawn` and the supervisor together for an embedder's own
-//! `Linker` and store data.
+//! memory, `thread-spawn` and the program's [lifecycle](crate::lifecycle)
+//! together for an embedder's own `Linker` and store data.
 
-use crate::memory::{self, MemoryPlan};
+use crate::lifecycle::{Cause, Lifecycle};
+use crate::memory::{self, ImportedMemory, MemoryPlan};
 use crate::pool::WorkerPool;
-use crate::spawn::{self, Shared, StoreSetup};
+use crate::spawn::{self, Entry, Shared, StoreSetup};
 use crate::stop::StopSignal;
-use crate::supervisor::{self, CancelHandle, Event, MAIN_TID, Outcome, Supervisor, ThreadEvent};
+use crate::supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent};
 use crate::tid::TidAllocator;
 use crate::wait::{self, ParkingLot};
-use crossbeam_channel::{Receiver, Sender};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::AtomicU64;
+use crossbeam_channel::Receiver;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::{AsContext, Engine, ExternType, Linker, Module, Result, SharedMemory, Store, bail};
@@ -19,10 +18,18 @@ use wasmtime::{AsContext, Engine, ExternType, Linker, Module, Result, SharedMemo
 /// The default limit on live spawned threads.
 pub const DEFAULT_MAX_THREADS: u32 = 1024;
 /// The default OS stack size of every guest thread. It must hold Wasmtime's
-/// wasm stack (`Config::max_wasm_stack`, 512 KiB by default) plus host
-/// frames; untouched stack pages cost no memory.
+/// wasm stack (`Config::max_wasm_stack`, 512 KiB by default) plus
+/// [`HOST_STACK_RESERVE`]; untouched stack pages cost no memory.
 pub const DEFAULT_STACK_SIZE: usize = 8 << 20;
-/// How long the supervisor waits for threads to stop before detaching them.
+/// The OS stack a guest thread needs beyond the engine's
+/// `Config::max_wasm_stack`: the host frames below the first wasm frame and
+/// those of host calls (WASI) made from the deepest wasm frame. Wasmtime
+/// turns running out of wasm stack into a trap only if the OS stack is
+/// larger than the wasm stack by at least this much; otherwise deep
+/// recursion hits the guard page and kills the process.
+pub const HOST_STACK_RESERVE: usize = 512 << 10;
+/// How long `run` waits, once the program has ended, for its threads to
+/// stop before abandoning them.
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an OS thread whose guest thread ended waits to run the next
 /// spawned guest thread before it exits.
@@ -35,6 +42,7 @@ pub struct ThreadsConfig<T: 'static> {
     timeout: Option<Duration>,
     join_timeout: Duration,
     keep_alive: Duration,
+    max_memory: Option<u64>,
     store_setup: Option<StoreSetup<T>>,
 }
 
@@ -46,6 +54,7 @@ impl<T: 'static> Default for ThreadsConfig<T> {
             timeout: None,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            max_memory: None,
             store_setup: None,
         }
     }
@@ -64,7 +73,11 @@ impl<T: 'static> ThreadsConfig<T> {
         self
     }
 
-    /// The OS stack size of every guest thread. Default [`DEFAULT_STACK_SIZE`].
+    /// The OS stack size of every guest thread, the main thread's included.
+    /// Default [`DEFAULT_STACK_SIZE`]. It must hold the engine's
+    /// `Config::max_wasm_stack` plus [`HOST_STACK_RESERVE`], so that deep
+    /// recursion in the guest is a stack-overflow trap and never a SIGSEGV
+    /// of the process; [`WasiThreads::with_config`] refuses a smaller one.
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = bytes;
         self
@@ -87,10 +100,31 @@ impl<T: 'static> ThreadsConfig<T> {
     }
 
     /// How long to wait, once the program has ended, for its threads to stop
-    /// before detaching them (only a thread stuck in host code that never
-    /// returns can take that long). Default [`DEFAULT_JOIN_TIMEOUT`].
+    /// before abandoning them (only a thread stuck in host code that never
+    /// returns can take that long): [`WasiThreads::run`] returns within this
+    /// time after the end, and reports each abandoned thread as
+    /// [`ThreadEvent::Abandoned`] and in a warning. Default
+    /// [`DEFAULT_JOIN_TIMEOUT`].
     pub fn join_timeout(mut self, limit: Duration) -> Self {
         self.join_timeout = limit;
+        self
+    }
+
+    /// The most linear memory the program may have, in bytes. The host
+    /// creates the module's shared memory with a maximum no larger than this
+    /// (and never larger than the module's own), so `memory.grow` past it
+    /// returns -1 to the guest; a module whose *minimum* is larger cannot be
+    /// loaded ([`WasiThreads::with_config`] fails). Default: none, the
+    /// module's declared maximum (up to 4 GiB) is the limit.
+    ///
+    /// This protects the embedder from a guest that declares a huge maximum
+    /// and grows into it. It applies to the imported shared memory only
+    /// (Wasmtime does not apply a store's `ResourceLimiter` to shared
+    /// memories); a memory the module defines itself is limited by a
+    /// `ResourceLimiter` in [`store_setup`](Self::store_setup), as
+    /// [`Runner::max_memory`](crate::Runner::max_memory) does.
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
         self
     }
 
@@ -146,10 +180,7 @@ pub fn engine_config() -> wasmtime::Config {
 /// ```
 pub struct WasiThreads<T: 'static> {
     shared: Arc<Shared<T>>,
-    memory: Option<(memory::ImportedMemory, SharedMemory)>,
-    rx: Receiver<Event>,
-    events: Sender<Event>,
-    observer: Option<Sender<ThreadEvent>>,
+    memory: Option<(ImportedMemory, SharedMemory)>,
     timeout: Option<Duration>,
     join_timeout: Duration,
     stack_size: usize,
@@ -161,16 +192,27 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         Self::with_config(engine, module, ThreadsConfig::default())
     }
 
-    /// Prepares `module` to run with `config`: checks its imports and exports
-    /// and creates its shared memory.
+    /// Prepares `module` to run with `config`: checks its imports and
+    /// exports, checks the OS stack against the engine's wasm stack, and
+    /// creates its shared memory.
     pub fn with_config(engine: &Engine, module: &Module, config: ThreadsConfig<T>) -> Result<Self> {
-        let spawns = module
+        let wasm_stack = engine.get_max_wasm_stack();
+        if config.stack_size < wasm_stack.saturating_add(HOST_STACK_RESERVE) {
+            bail!(
+                "a guest thread's OS stack of {} KiB cannot hold the engine's max_wasm_stack of \
+                 {} KiB plus {} KiB for host frames: raise the stack size or lower \
+                 max_wasm_stack",
+                config.stack_size >> 10,
+                wasm_stack >> 10,
+                HOST_STACK_RESERVE >> 10
+            );
+        }
+        let mut spawn_imports = module
             .imports()
-            .any(|i| i.module() == "wasi" && i.name() == "thread-spawn");
-        if let Some(import) = module
-            .imports()
-            .find(|i| i.module() == "wasi" && i.name() == "thread-spawn")
-        {
+            .filter(|i| i.module() == "wasi" && i.name() == "thread-spawn");
+        let spawn_import = spawn_imports.next();
+        let spawns = spawn_import.is_some();
+        if let Some(import) = spawn_import {
             let ok = matches!(import.ty(), ExternType::Func(ty)
                 if ty.params().len() == 1
                     && ty.params().all(|p| matches!(p, wasmtime::ValType::I32))
@@ -185,7 +227,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         }
         let memory = match memory::plan(module, spawns)? {
             MemoryPlan::Imported(import) => {
-                let memory = import.create(engine)?;
+                let memory = import.create(engine, config.max_memory)?;
                 Some((import, memory))
             }
             MemoryPlan::None => None,
@@ -198,17 +240,34 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         if let Some(why) = &entry_error {
             log::warn!("{why}: every thread-spawn will fail");
         }
-        let (events, rx) = crossbeam_channel::unbounded();
         let stop = StopSignal::new();
+        let parking = Arc::new(ParkingLot::new(stop.clone()));
+        let tids = Arc::new(TidAllocator::new(config.max_threads));
+        let lifecycle = {
+            let (engine, stop, parking, tids) =
+                (engine.clone(), stop.clone(), parking.clone(), tids.clone());
+            // The stop fan-out, in the order threads look: the TID allocator
+            // (spawns waiting at the limit), the flag (sleepers, futures, the
+            // epoch callback), parked waiters, then running wasm: every
+            // program store has an epoch deadline one tick ahead, so a
+            // single tick sends each running thread into its deadline
+            // callback, which sees the flag and unwinds.
+            Arc::new(Lifecycle::new(move || {
+                tids.close();
+                stop.trigger();
+                parking.wake_all();
+                engine.increment_epoch();
+            }))
+        };
         let shared = Arc::new(Shared {
             engine: engine.clone(),
             module: module.clone(),
             pre: OnceLock::new(),
-            tids: TidAllocator::new(config.max_threads),
-            events: events.clone(),
-            stop: stop.clone(),
-            parking: Arc::new(ParkingLot::new(stop)),
-            serials: AtomicU64::new(1),
+            tids,
+            lifecycle,
+            observer: parking_lot::Mutex::new(None),
+            stop,
+            parking,
             entry_error,
             pool: WorkerPool::new(config.stack_size, config.keep_alive),
             store_setup: config.store_setup,
@@ -216,9 +275,6 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         Ok(WasiThreads {
             shared,
             memory,
-            rx,
-            events,
-            observer: None,
             timeout: config.timeout,
             join_timeout: config.join_timeout,
             stack_size: config.stack_size,
@@ -231,23 +287,27 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     }
 
     /// The signal every thread of this program watches; blocking host calls
-    /// race against it (see [`SharedWasi`](crate::SharedWasi)).
-    pub fn stop_signal(&self) -> StopSignal {
+    /// race against it. Crate-private: embedders stop a program through the
+    /// [`CancelHandle`], which also wakes parked threads and interrupts
+    /// running wasm.
+    pub(crate) fn stop_signal(&self) -> StopSignal {
         self.shared.stop.clone()
     }
 
-    /// A handle that stops the program from any thread.
+    /// A handle that stops the program from any thread, before or during
+    /// [`run`](Self::run).
     pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle {
-            events: self.events.clone(),
+            lifecycle: self.shared.lifecycle.clone(),
         }
     }
 
-    /// A stream of thread spawns and exits, in the order the supervisor saw
-    /// them. Call before [`run`](Self::run).
+    /// A stream of thread spawns, exits and abandonments, in causal order
+    /// (see [`ThreadEvent`]). Call before [`run`](Self::run); a later call
+    /// replaces the earlier stream.
     pub fn events(&mut self) -> Receiver<ThreadEvent> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        self.observer = Some(tx);
+        *self.shared.observer.lock() = Some(tx);
         rx
     }
 
@@ -281,74 +341,80 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         Ok(())
     }
 
-    /// Runs the program: instantiates the module in `store`, calls `_start`
-    /// on a new OS thread and supervises every thread until the first cause
-    /// ends the program, then stops and joins them all.
+    /// Runs the program: on a new OS thread, instantiates the module in
+    /// `store` (data segments, start function) and calls `_start`; supervises
+    /// every thread until the first cause ends the program — from the
+    /// moment instantiation begins, so the timeout and the cancel handle
+    /// reach a start function too — then stops and joins them all.
+    ///
+    /// Returns within the join timeout after the end at worst; threads that
+    /// did not stop by then are abandoned and reported
+    /// ([`ThreadEvent::Abandoned`], and a warning in the log).
     ///
     /// `Err` means the program could not start (a missing import, `_start`
     /// missing, instantiation trapping); everything the guest does once
-    /// running is an [`Outcome`].
-    pub fn run(self, linker: &Linker<T>, mut store: Store<T>) -> Result<Outcome> {
+    /// running, and a timeout or cancel during instantiation, is an
+    /// [`Outcome`].
+    pub fn run(self, linker: &Linker<T>, store: Store<T>) -> Result<Outcome> {
         let shared = &self.shared;
+        let lifecycle = &shared.lifecycle;
         match shared.module.get_export("_start") {
             Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {}
             Some(_) => bail!("the module's `_start` export is not a function () -> ()"),
             None => bail!("the module does not export `_start` (is it a WASI command?)"),
         }
         let pre = linker.instantiate_pre(&shared.module)?;
-        let instance = pre
-            .instantiate(&mut store)
-            .map_err(|e| match spawn::classify(e) {
-                supervisor::ThreadExit::Trap(trap) => {
-                    wasmtime::format_err!("instantiating the module failed: {}", trap.message)
-                }
-                other => wasmtime::format_err!("instantiating the module failed: {other:?}"),
-            })?;
-        let _ = shared.pre.set(pre);
+        if shared.pre.set(pre).is_err() {
+            bail!("this program has already run");
+        }
 
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let main_serial = 0;
-        let main_shared = shared.clone();
-        let main = std::thread::Builder::new()
-            .name("wasi-main".into())
-            .stack_size(self.stack_size)
-            .spawn(move || {
-                let exit = catch_unwind(AssertUnwindSafe(|| {
-                    let result = instance
-                        .get_typed_func::<(), ()>(&mut store, "_start")
-                        .and_then(|start| start.call(&mut store, ()));
-                    drop(store);
-                    match result {
-                        Ok(()) => supervisor::ThreadExit::Returned,
-                        Err(e) => spawn::classify(e),
-                    }
-                }))
-                .unwrap_or_else(|p| supervisor::ThreadExit::HostPanic(spawn::panic_message(&*p)));
-                if exit.ends_program(MAIN_TID) {
-                    main_shared.end_program();
+        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut main = None;
+        // Refused only if the program was cancelled before it started.
+        if lifecycle.admit(MAIN_TID).is_ok() {
+            let main_shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("wasi-main".into())
+                .stack_size(self.stack_size)
+                .spawn(move || main_shared.guest_thread(MAIN_TID, Entry::Main(store), None));
+            match spawned {
+                Ok(handle) => main = Some(handle),
+                Err(e) => {
+                    lifecycle.thread_ended(MAIN_TID);
+                    lifecycle.join(None);
+                    return Err(wasmtime::format_err!(
+                        "cannot create the main thread's OS thread: {e}"
+                    ));
                 }
-                let _ = main_shared.events.send(Event::Exited {
-                    serial: main_serial,
-                    tid: MAIN_TID,
-                    exit,
-                });
-            })?;
-
-        let mut supervisor = Supervisor::new(self.rx.clone(), self.observer.clone());
-        supervisor.track_main(main_serial, main);
-        let outcome = supervisor.wait_for_outcome(deadline);
-        log::debug!("program ended: {outcome}; stopping every thread");
-        shared.end_program();
-        let spawns_total = shared.tids.close();
-        let deadline = Instant::now() + self.join_timeout;
-        let stuck =
-            supervisor.wait_for_all(spawns_total, deadline) + shared.pool.shutdown(deadline);
-        if stuck > 0 {
+            }
+        }
+        let cause = lifecycle.wait_for_cause(deadline);
+        log::debug!("program ended: {cause:?}; stopping every thread");
+        let join_deadline = Instant::now().checked_add(self.join_timeout);
+        let abandoned = lifecycle.join(join_deadline);
+        if let Some(main) = main
+            && !abandoned.contains(&MAIN_TID)
+        {
+            // It has reported its end; it only has to return.
+            let _ = main.join();
+        }
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let detached = shared.pool.shutdown(join_deadline.unwrap_or_else(far));
+        if !abandoned.is_empty() || detached > 0 {
             log::warn!(
-                "{stuck} guest thread(s) did not stop within {:?} (stuck in host code?); detached",
+                "guest thread(s) {abandoned:?} did not stop within {:?} (stuck in host code?); \
+                 abandoned, {detached} OS thread(s) detached",
                 self.join_timeout
             );
         }
-        Ok(outcome)
+        for tid in abandoned {
+            shared.observe(ThreadEvent::Abandoned { tid });
+        }
+        match cause {
+            Cause::Ended(outcome) => Ok(outcome),
+            Cause::FailedToStart(message) => {
+                bail!("instantiating the module failed: {message}")
+            }
+        }
     }
 }

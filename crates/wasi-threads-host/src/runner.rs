@@ -1,14 +1,16 @@
 //! [`Runner`]: the common case in a few lines — a module, its WASI setup,
 //! and the [`Outcome`].
 
-use crate::program::{ThreadsConfig, WasiThreads, engine_config};
+use crate::program::{
+    DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
+};
 use crate::stdin::SharedStdin;
 use crate::supervisor::{CancelHandle, Outcome};
 use crate::wasi::{self, SharedWasi};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wasmtime::error::Context as _;
-use wasmtime::{Engine, Linker, Module, Result};
+use wasmtime::{Engine, Linker, Module, Result, Store, StoreLimits, StoreLimitsBuilder, bail};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 type WasiSetup = Box<dyn FnOnce(&mut WasiCtxBuilder) + Send>;
@@ -40,6 +42,8 @@ pub struct Runner {
     max_threads: Option<u32>,
     keep_alive: Option<Duration>,
     timeout: Option<Duration>,
+    max_memory: Option<u64>,
+    max_wasm_stack: Option<usize>,
     on_start: Option<Box<dyn FnOnce(CancelHandle) + Send>>,
 }
 
@@ -52,6 +56,7 @@ impl Default for Runner {
 #[derive(Clone)]
 struct State {
     wasi: SharedWasi,
+    limits: StoreLimits,
 }
 
 impl Runner {
@@ -69,6 +74,8 @@ impl Runner {
             max_threads: None,
             keep_alive: None,
             timeout: None,
+            max_memory: None,
+            max_wasm_stack: None,
             on_start: None,
         }
     }
@@ -148,6 +155,34 @@ impl Runner {
         self
     }
 
+    /// The most linear memory the guest may have, in bytes (`wasmtime run`'s
+    /// `-W max-memory-size`). A threaded guest's shared memory is created
+    /// with a maximum no larger than this ([`ThreadsConfig::max_memory`]); a
+    /// memory a module defines itself is held to it by a `ResourceLimiter`.
+    /// Growing past it returns -1 to the guest; a module whose minimum is
+    /// larger does not load. Default: none (the module's own maximum, up to
+    /// 4 GiB). Protects the embedder's memory from a guest that declares a
+    /// huge maximum.
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// The most wasm stack a guest thread may use, in bytes (`wasmtime
+    /// run`'s `-W max-wasm-stack`): deeper recursion traps with a stack
+    /// overflow. Sets `Config::max_wasm_stack` on the engine the runner
+    /// creates, and every guest thread's OS stack to hold it
+    /// ([`DEFAULT_STACK_SIZE`](crate::DEFAULT_STACK_SIZE) or this plus
+    /// [`HOST_STACK_RESERVE`](crate::HOST_STACK_RESERVE), whichever is
+    /// larger). With an engine of your own ([`engine`](Self::engine)),
+    /// configure the same value there: a mismatch is an error. Default:
+    /// Wasmtime's, 512 KiB. Protects against a guest that recurses without
+    /// bound exhausting the host's stack.
+    pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
+        self.max_wasm_stack = Some(bytes);
+        self
+    }
+
     /// Called with the program's cancel handle just before it starts.
     pub fn on_start(mut self, f: impl FnOnce(CancelHandle) + Send + 'static) -> Self {
         self.on_start = Some(Box::new(f));
@@ -167,7 +202,17 @@ impl Runner {
     pub fn run_bytes(self, bytes: &[u8]) -> Result<Outcome> {
         let engine = match &self.engine {
             Some(engine) => engine.clone(),
-            None => Engine::new(&engine_config())?,
+            None => {
+                let mut config = engine_config();
+                if let Some(bytes) = self.max_wasm_stack {
+                    // Wasmtime refuses a wasm stack larger than the async
+                    // stack (2 MiB by default), even without async support.
+                    config
+                        .max_wasm_stack(bytes)
+                        .async_stack_size(bytes.max(2 << 20));
+                }
+                Engine::new(&config)?
+            }
         };
         let module = crate::rewrite::compile(&engine, bytes)?;
         self.run_module(&module)
@@ -176,7 +221,30 @@ impl Runner {
     /// Runs a module compiled with this runner's engine.
     pub fn run_module(self, module: &Module) -> Result<Outcome> {
         let engine = module.engine().clone();
-        let mut config = ThreadsConfig::new().timeout(self.timeout);
+        let mut config =
+            ThreadsConfig::new()
+                .timeout(self.timeout)
+                .store_setup(|store: &mut Store<State>| {
+                    store.limiter(|state| &mut state.limits);
+                    Ok(())
+                });
+        if let Some(bytes) = self.max_wasm_stack {
+            let engines = engine.get_max_wasm_stack();
+            if engines != bytes {
+                bail!(
+                    "max_wasm_stack is {bytes} bytes but the engine was configured with \
+                     {engines}: set Config::max_wasm_stack({bytes}) on the engine too"
+                );
+            }
+            config =
+                config.stack_size(DEFAULT_STACK_SIZE.max(bytes.saturating_add(HOST_STACK_RESERVE)));
+        }
+        let mut limits = StoreLimitsBuilder::new();
+        if let Some(bytes) = self.max_memory {
+            config = config.max_memory(bytes);
+            limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
+        let limits = limits.build();
         if let Some(n) = self.max_threads {
             config = config.max_threads(n);
         }
@@ -221,7 +289,7 @@ impl Runner {
         if let Some(stdin) = stdin {
             wasi = wasi.with_stdin(stdin);
         }
-        let store = threads.new_store(State { wasi })?;
+        let store = threads.new_store(State { wasi, limits })?;
 
         let mut linker = Linker::new(&engine);
         threads.add_to_linker(&mut linker, &store)?;
@@ -232,11 +300,40 @@ impl Runner {
         }
         let outcome = threads.run(&linker, store);
         if self.inherit_stdio {
-            // Whatever the guest wrote is out before the caller hears the
-            // outcome (Rust's stdout buffers up to a newline).
-            use std::io::Write as _;
-            let _ = std::io::stdout().flush();
+            flush_stdout();
         }
         outcome
+    }
+}
+
+/// How long the runner waits for stdout to flush after a run.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Flushes the process's stdout, so that whatever the guest wrote is out
+/// before the caller hears the outcome (Rust's stdout buffers up to a
+/// newline), without ever hanging: an abandoned guest thread may be stuck
+/// writing to a pipe nobody reads, holding stdout's lock, and a flush would
+/// then wait forever. The flush runs on a thread of its own, waited for at
+/// most [`FLUSH_TIMEOUT`], and left behind if stuck.
+fn flush_stdout() {
+    let (done, flushed) = crossbeam_channel::bounded(1);
+    let flusher = std::thread::Builder::new()
+        .name("stdout-flush".into())
+        .spawn(move || {
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            let _ = done.send(());
+        });
+    match flusher {
+        Ok(flusher) => {
+            if flushed.recv_timeout(FLUSH_TIMEOUT).is_ok() {
+                let _ = flusher.join();
+            } else {
+                log::warn!(
+                    "stdout did not flush within {FLUSH_TIMEOUT:?} (a full pipe?); not waiting"
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot flush stdout: no thread for it: {e}"),
     }
 }

@@ -1,15 +1,17 @@
-//! `wasi` `thread-spawn`: a new OS thread with its own `Store` and instance
-//! over the program's one shared memory.
+//! Guest threads: `wasi` `thread-spawn`, and the one function every guest
+//! thread — the main thread and every spawned one — runs from start to end
+//! ([`Shared::guest_thread`]).
 
+use crate::lifecycle::{Cause, Lifecycle};
 use crate::pool::{Finishing, Job, WorkerPool};
 use crate::stop::{StopSignal, Stopped};
-use crate::supervisor::{Event, ThreadExit, TrapInfo};
+use crate::supervisor::{ThreadEvent, ThreadExit, TrapInfo};
 use crate::tid::{AllocError, TidAllocator};
 use crossbeam_channel::Sender;
+use parking_lot::Mutex;
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use wasmtime::{
     Caller, Engine, ExternType, InstancePre, Linker, Module, Result, Store, Trap, UpdateDeadline,
@@ -24,7 +26,7 @@ pub const ENOSYS: i32 = 52;
 
 /// Per-store setup an embedder wants on every store of the program (limits,
 /// fuel, ...), spawned threads' stores included.
-pub type StoreSetup<T> = Arc<dyn Fn(&mut Store<T>) -> Result<()> + Send + Sync>;
+pub(crate) type StoreSetup<T> = Arc<dyn Fn(&mut Store<T>) -> Result<()> + Send + Sync>;
 
 /// Everything the threads of one program share. Spawned threads hold it
 /// strongly; the `thread-spawn` function in the linker only weakly, since the
@@ -34,15 +36,24 @@ pub(crate) struct Shared<T: 'static> {
     pub engine: Engine,
     pub module: Module,
     pub pre: OnceLock<InstancePre<T>>,
-    pub tids: TidAllocator,
-    pub events: Sender<Event>,
+    pub tids: Arc<TidAllocator>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub observer: Mutex<Option<Sender<ThreadEvent>>>,
     pub stop: StopSignal,
     pub parking: Arc<crate::wait::ParkingLot>,
-    pub serials: AtomicU64,
     /// Why `wasi_thread_start` cannot be called, if it cannot.
     pub entry_error: Option<String>,
     pub pool: WorkerPool,
     pub store_setup: Option<StoreSetup<T>>,
+}
+
+/// How a guest thread begins.
+pub(crate) enum Entry<T: 'static> {
+    /// The main thread: instantiate in the embedder's store, call `_start`.
+    Main(Store<T>),
+    /// A spawned thread: a new store with a clone of the spawner's data,
+    /// then `wasi_thread_start(tid, start_arg)`.
+    Spawned { data: T, start_arg: i32 },
 }
 
 /// Checks the module's `wasi_thread_start` export: `(i32, i32) -> ()`.
@@ -53,16 +64,15 @@ pub(crate) fn check_entry_point(module: &Module) -> Option<String> {
     let ExternType::Func(ty) = export else {
         return Some("the module's `wasi_thread_start` export is not a function".into());
     };
-    let params: Vec<ValType> = ty.params().collect();
-    let ok = params.len() == 2
-        && params.iter().all(|p| matches!(p, ValType::I32))
+    let ok = ty.params().len() == 2
+        && ty.params().all(|p| matches!(p, ValType::I32))
         && ty.results().len() == 0;
     (!ok).then(|| format!("`wasi_thread_start` has type {ty}, expected (i32, i32) -> ()"))
 }
 
 impl<T: Clone + Send + 'static> Shared<T> {
     /// A store for one of this program's threads: the embedder's setup, then
-    /// the epoch deadline through which the supervisor reaches running wasm.
+    /// the epoch deadline through which a stop reaches running wasm.
     pub fn new_store(&self, data: T) -> Result<Store<T>> {
         let mut store = Store::new(&self.engine, data);
         if let Some(setup) = &self.store_setup {
@@ -77,12 +87,19 @@ impl<T: Clone + Send + 'static> Shared<T> {
             }
         });
         store.set_epoch_deadline(1);
-        // The deadline is set; if the supervisor's epoch tick came before it,
-        // this check sees the stop instead.
+        // The deadline is set; if the stop's epoch tick came before it, this
+        // check sees the stop instead.
         if self.stop.is_stopped() {
             return Err(Stopped.into());
         }
         Ok(store)
+    }
+
+    /// Sends `event` to the embedder's event stream, if it asked for one.
+    pub fn observe(&self, event: ThreadEvent) {
+        if let Some(observer) = &*self.observer.lock() {
+            let _ = observer.send(event);
+        }
     }
 
     /// The body of `thread-spawn`: the new thread's TID, or a negative errno.
@@ -103,78 +120,116 @@ impl<T: Clone + Send + 'static> Shared<T> {
             // The program is ending: unwind the spawning thread too.
             Err(AllocError::Closed) => return Err(Stopped.into()),
         };
-        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
-        let shared = self.clone();
-        let job = Job {
-            name: format!("wasi-thread-{tid}"),
-            run: Box::new(move |finishing| {
-                shared.thread_main(serial, tid, start_arg, data, finishing)
-            }),
-        };
-        match self.pool.execute(job) {
-            Ok(()) => {
-                let _ = self.events.send(Event::Started { serial, tid });
-                Ok(tid as i32)
-            }
+        if self.lifecycle.admit(tid).is_err() {
+            self.tids.release(tid);
+            return Err(Stopped.into());
+        }
+        let name = format!("wasi-thread-{tid}");
+        let slot = match self.pool.reserve(&name) {
+            Ok(slot) => slot,
             Err(e) => {
                 self.tids.release(tid);
-                let _ = self.events.send(Event::SpawnFailed);
+                self.lifecycle.thread_ended(tid);
                 log::warn!("thread-spawn failed: cannot create an OS thread: {e}");
-                Ok(-EAGAIN)
+                return Ok(-EAGAIN);
             }
+        };
+        // Before the thread can run, so that its `Exited` comes after.
+        self.observe(ThreadEvent::Spawned { tid });
+        let shared = self.clone();
+        let job = Job {
+            name,
+            run: Box::new(move |finishing| {
+                shared.guest_thread(tid, Entry::Spawned { data, start_arg }, Some(finishing))
+            }),
+        };
+        if let Err(job) = slot.run(job) {
+            // The pool is shut down: the program ended and stopped waiting.
+            drop(job);
+            self.tids.release(tid);
+            self.observe(ThreadEvent::Exited {
+                tid,
+                exit: ThreadExit::Stopped,
+            });
+            self.lifecycle.thread_ended(tid);
+            return Err(Stopped.into());
         }
+        Ok(tid as i32)
     }
 
-    fn thread_main(
-        self: Arc<Self>,
-        serial: u64,
-        tid: u32,
-        start_arg: i32,
-        data: T,
-        finishing: &Finishing<'_>,
-    ) {
-        // Once the guest code is done, its TID and its worker are free for
-        // the next spawn, even while the store is still being torn down.
+    /// The life of one admitted guest thread, main or spawned: run it,
+    /// contain any panic, claim the program's end if its exit ends the
+    /// program (right here, atomically: the first claim wins), report its
+    /// exit, and tell the lifecycle it is gone.
+    ///
+    /// `finishing` (spawned threads on a pool worker) is told as soon as the
+    /// guest code is done, so that the TID and the worker are free for the
+    /// next spawn even while the store is still being torn down.
+    pub fn guest_thread(&self, tid: u32, entry: Entry<T>, finishing: Option<&Finishing<'_>>) {
+        let is_main = matches!(entry, Entry::Main(_));
         let released = Cell::new(false);
         let guest_done = || {
             if !released.replace(true) {
-                self.tids.release(tid);
-                finishing.now();
+                if !is_main {
+                    self.tids.release(tid);
+                }
+                if let Some(finishing) = finishing {
+                    finishing.now();
+                }
             }
         };
+        let instantiated = Cell::new(false);
         let exit = catch_unwind(AssertUnwindSafe(|| {
-            self.run_thread(tid, start_arg, data, &guest_done)
+            self.run_entry(tid, entry, &instantiated, &guest_done)
         }))
         .unwrap_or_else(|payload| ThreadExit::HostPanic(panic_message(&*payload)));
         guest_done();
-        if exit.ends_program(tid) {
-            self.end_program();
+        let cause = match &exit {
+            // The main thread's instantiation trapped: the program could not
+            // start.
+            ThreadExit::Trap(trap) if is_main && !instantiated.get() => {
+                Some(Cause::FailedToStart(trap.message.clone()))
+            }
+            exit => exit.outcome(tid).map(Cause::Ended),
+        };
+        if let Some(cause) = cause {
+            self.lifecycle.end(cause);
         }
-        let _ = self.events.send(Event::Exited { serial, tid, exit });
+        self.observe(ThreadEvent::Exited { tid, exit });
+        self.lifecycle.thread_ended(tid);
     }
 
-    /// Stops every thread at once, from the thread whose exit ends the
-    /// program: waiting for the supervisor to be scheduled first would only
-    /// add latency. The supervisor still decides the outcome, from the order
-    /// in which the exits reach it.
-    pub fn end_program(&self) {
-        self.tids.close();
-        crate::supervisor::stop_everything(&self.engine, &self.stop, &self.parking);
-    }
-
-    fn run_thread(&self, tid: u32, start_arg: i32, data: T, guest_done: &dyn Fn()) -> ThreadExit {
+    fn run_entry(
+        &self,
+        tid: u32,
+        entry: Entry<T>,
+        instantiated: &Cell<bool>,
+        guest_done: &dyn Fn(),
+    ) -> ThreadExit {
         let result = (|| {
             let pre = self
                 .pre
                 .get()
                 .ok_or_else(|| wasmtime::format_err!("the program is not running"))?;
-            let mut store = self.new_store(data)?;
-            let instance = pre.instantiate(&mut store)?;
-            let start =
-                instance.get_typed_func::<(i32, i32), ()>(&mut store, "wasi_thread_start")?;
-            let result = start.call(&mut store, (tid as i32, start_arg));
-            guest_done();
-            result
+            match entry {
+                Entry::Main(mut store) => {
+                    let instance = pre.instantiate(&mut store)?;
+                    instantiated.set(true);
+                    self.lifecycle.started();
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call(&mut store, ())
+                }
+                Entry::Spawned { data, start_arg } => {
+                    let mut store = self.new_store(data)?;
+                    let instance = pre.instantiate(&mut store)?;
+                    instantiated.set(true);
+                    let start = instance
+                        .get_typed_func::<(i32, i32), ()>(&mut store, "wasi_thread_start")?;
+                    let result = start.call(&mut store, (tid as i32, start_arg));
+                    guest_done();
+                    result
+                }
+            }
         })();
         match result {
             Ok(()) => ThreadExit::Returned,

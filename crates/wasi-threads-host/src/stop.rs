@@ -31,9 +31,11 @@ impl fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-/// A cheaply cloned handle to one program's stop flag.
+/// A cheaply cloned handle to one program's stop flag. Crate-private: it is
+/// one part of the stop fan-out, which [`crate::lifecycle::Lifecycle::stop`]
+/// does as a whole.
 #[derive(Clone, Default)]
-pub struct StopSignal {
+pub(crate) struct StopSignal {
     inner: Arc<Inner>,
 }
 

@@ -1,17 +1,11 @@
-//! The supervisor: learns of every thread's start and end, decides the
-//! program's one [`Outcome`], stops every other thread and joins them.
-//!
-//! It runs on the thread that called [`WasiThreads::run`](crate::WasiThreads::run),
-//! fed through a `crossbeam-channel` by the guest threads themselves, so no
-//! guest thread ever waits for it and nothing it needs lives in thread-local
-//! storage.
+//! What the embedder sees of a program's supervision: how threads and
+//! programs end ([`ThreadExit`], [`Outcome`]), the event stream
+//! ([`ThreadEvent`]) and the [`CancelHandle`]. The state machine behind them
+//! is [`crate::lifecycle`].
 
-use crate::stop::StopSignal;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::collections::HashMap;
+use crate::lifecycle::{Cause, Lifecycle};
 use std::fmt;
-use std::thread::JoinHandle;
-use std::time::Instant;
+use std::sync::Arc;
 
 /// The TID reported for the main thread (the one that runs `_start`); the
 /// wasi-threads ABI gives spawned threads TIDs from 1 up.
@@ -39,6 +33,23 @@ impl ThreadExit {
             ThreadExit::Returned => tid == MAIN_TID,
             ThreadExit::Stopped => false,
             ThreadExit::Exit(_) | ThreadExit::Trap(_) | ThreadExit::HostPanic(_) => true,
+        }
+    }
+
+    /// The program's outcome if this exit of thread `tid` ends it.
+    pub(crate) fn outcome(&self, tid: u32) -> Option<Outcome> {
+        match self {
+            ThreadExit::Returned if tid == MAIN_TID => Some(Outcome::Exit { code: 0, tid }),
+            ThreadExit::Returned | ThreadExit::Stopped => None,
+            ThreadExit::Exit(code) => Some(Outcome::Exit { code: *code, tid }),
+            ThreadExit::Trap(trap) => Some(Outcome::Trap {
+                tid,
+                trap: trap.clone(),
+            }),
+            ThreadExit::HostPanic(message) => Some(Outcome::HostPanic {
+                tid,
+                message: message.clone(),
+            }),
         }
     }
 }
@@ -104,198 +115,46 @@ impl fmt::Display for Outcome {
 
 /// Something that happened to one thread, as the embedder's event stream
 /// ([`WasiThreads::events`](crate::WasiThreads::events)) reports it.
+///
+/// Events are sent where they happen, in causal order: a thread's `Spawned`
+/// is sent by the spawning thread before the new thread can run, so it
+/// precedes that thread's `Exited` and anything the spawner does after
+/// `thread-spawn` returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ThreadEvent {
     /// Thread `tid` was spawned.
     Spawned { tid: u32 },
     /// Thread `tid` ended.
     Exited { tid: u32, exit: ThreadExit },
+    /// Thread `tid` did not stop within the join timeout (it is stuck in
+    /// host code that does not return); `run` returned without it and its OS
+    /// thread was detached. It may still hold resources.
+    Abandoned { tid: u32 },
 }
 
-/// What guest threads tell the supervisor.
-pub(crate) enum Event {
-    /// A guest thread was handed to an OS thread.
-    Started { serial: u64, tid: u32 },
-    /// A TID was allocated but no OS thread could be started for it.
-    SpawnFailed,
-    /// A guest thread finished; its store is already dropped.
-    Exited {
-        serial: u64,
-        tid: u32,
-        exit: ThreadExit,
-    },
-    /// The embedder asked the program to stop.
-    Cancel,
-}
-
-/// Stops a running program from any thread.
-#[derive(Clone, Debug)]
+/// Stops a running program from any thread: the one way an embedder stops a
+/// program.
+#[derive(Clone)]
 pub struct CancelHandle {
-    pub(crate) events: Sender<Event>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("phase", &self.lifecycle.phase())
+            .finish()
+    }
 }
 
 impl CancelHandle {
-    /// Asks the program to stop; its outcome is [`Outcome::Cancelled`] unless
-    /// another cause came first. Does nothing once the program has ended.
+    /// Stops the program; its outcome is [`Outcome::Cancelled`] unless another
+    /// cause came first. Every thread is told to stop whatever it is doing
+    /// (running wasm, parked in a wait, blocked in a WASI call). Calling it
+    /// again, or after another cause, is harmless; once `run` has returned it
+    /// does nothing.
     pub fn cancel(&self) {
-        let _ = self.events.send(Event::Cancel);
+        self.lifecycle.end(Cause::Ended(Outcome::Cancelled));
     }
-}
-
-/// What the supervisor has heard of one guest thread.
-#[derive(Default)]
-struct Seen {
-    started: bool,
-    exited: bool,
-}
-
-/// The supervisor's state for one program run.
-pub(crate) struct Supervisor {
-    rx: Receiver<Event>,
-    observer: Option<Sender<ThreadEvent>>,
-    /// Guest threads heard of but not yet both started and exited.
-    pending: HashMap<u64, Seen>,
-    /// Spawns accounted for: handed to an OS thread, or failed.
-    spawns_seen: u64,
-    main: Option<JoinHandle<()>>,
-    main_serial: u64,
-}
-
-impl Supervisor {
-    pub(crate) fn new(rx: Receiver<Event>, observer: Option<Sender<ThreadEvent>>) -> Self {
-        Supervisor {
-            rx,
-            observer,
-            pending: HashMap::new(),
-            spawns_seen: 0,
-            main: None,
-            main_serial: 0,
-        }
-    }
-
-    /// Registers the main thread, which `run` starts on its own OS thread.
-    pub(crate) fn track_main(&mut self, serial: u64, handle: JoinHandle<()>) {
-        self.main = Some(handle);
-        self.main_serial = serial;
-        self.pending.insert(
-            serial,
-            Seen {
-                started: true,
-                exited: false,
-            },
-        );
-    }
-
-    /// Waits for the first cause that ends the program.
-    pub(crate) fn wait_for_outcome(&mut self, deadline: Option<Instant>) -> Outcome {
-        loop {
-            let event = match deadline {
-                Some(deadline) => match self.rx.recv_deadline(deadline) {
-                    Ok(event) => event,
-                    Err(RecvTimeoutError::Timeout) => return Outcome::TimedOut,
-                    // Unreachable while the program holds a sender; treat it
-                    // as the embedder going away.
-                    Err(RecvTimeoutError::Disconnected) => return Outcome::Cancelled,
-                },
-                None => match self.rx.recv() {
-                    Ok(event) => event,
-                    Err(_) => return Outcome::Cancelled,
-                },
-            };
-            if let Some(outcome) = self.record(event) {
-                return outcome;
-            }
-        }
-    }
-
-    /// Books an event; returns the outcome if the event ends the program.
-    fn record(&mut self, event: Event) -> Option<Outcome> {
-        match event {
-            Event::Started { serial, tid } => {
-                self.spawns_seen += 1;
-                self.observe(ThreadEvent::Spawned { tid });
-                self.pending.entry(serial).or_default().started = true;
-                self.forget_if_done(serial);
-                None
-            }
-            Event::SpawnFailed => {
-                self.spawns_seen += 1;
-                None
-            }
-            Event::Exited { serial, tid, exit } => {
-                log::debug!("thread {tid} ended: {exit:?}");
-                self.pending.entry(serial).or_default().exited = true;
-                self.forget_if_done(serial);
-                let outcome = match &exit {
-                    ThreadExit::Returned if tid == MAIN_TID => Some(Outcome::Exit { code: 0, tid }),
-                    ThreadExit::Returned | ThreadExit::Stopped => None,
-                    ThreadExit::Exit(code) => Some(Outcome::Exit { code: *code, tid }),
-                    ThreadExit::Trap(trap) => Some(Outcome::Trap {
-                        tid,
-                        trap: trap.clone(),
-                    }),
-                    ThreadExit::HostPanic(message) => Some(Outcome::HostPanic {
-                        tid,
-                        message: message.clone(),
-                    }),
-                };
-                self.observe(ThreadEvent::Exited { tid, exit });
-                outcome
-            }
-            Event::Cancel => Some(Outcome::Cancelled),
-        }
-    }
-
-    fn observe(&self, event: ThreadEvent) {
-        if let Some(observer) = &self.observer {
-            let _ = observer.send(event);
-        }
-    }
-
-    fn forget_if_done(&mut self, serial: u64) {
-        if matches!(self.pending.get(&serial), Some(seen) if seen.started && seen.exited) {
-            self.pending.remove(&serial);
-        }
-    }
-
-    /// After the stop signal: waits until every guest thread has ended,
-    /// given that `spawns_total` spawns were ever allocated (the allocator is
-    /// closed, so no more come), and joins the main thread. Threads still
-    /// running at `deadline` are given up on; returns how many.
-    pub(crate) fn wait_for_all(&mut self, spawns_total: u64, deadline: Instant) -> usize {
-        while self.spawns_seen < spawns_total || !self.pending.is_empty() {
-            match self.rx.recv_deadline(deadline) {
-                // Causes that arrive now lose: the outcome is decided.
-                Ok(event) => {
-                    let _ = self.record(event);
-                }
-                Err(_) => break,
-            }
-        }
-        if !self.pending.contains_key(&self.main_serial)
-            && let Some(main) = self.main.take()
-        {
-            // It has sent its last event; it only has to return.
-            let _ = main.join();
-        }
-        self.pending.len() + (spawns_total.saturating_sub(self.spawns_seen)) as usize
-    }
-}
-
-/// Makes the ending visible to every thread: running wasm through the epoch,
-/// sleepers through the stop signal, parked threads through the parking lot.
-pub(crate) fn stop_everything(
-    engine: &wasmtime::Engine,
-    stop: &StopSignal,
-    parking: &crate::wait::ParkingLot,
-) {
-    if stop.is_stopped() {
-        return;
-    }
-    stop.trigger();
-    parking.wake_all();
-    // Every program store has an epoch deadline one tick ahead, so a single
-    // tick sends each running thread into its deadline callback, which sees
-    // the stop signal and unwinds.
-    engine.increment_epoch();
 }

@@ -26,7 +26,7 @@ pub const MAX_TID: u32 = 0x1FFF_FFFF;
 /// so a TID is not reused while fresh ones remain; after wrapping around, TIDs
 /// of live threads are skipped.
 #[derive(Debug)]
-pub struct TidAllocator {
+pub(crate) struct TidAllocator {
     state: Mutex<State>,
     released: Condvar,
     limit: u32,
@@ -42,7 +42,7 @@ struct State {
 
 /// Why [`TidAllocator::allocate`] gave no TID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AllocError {
+pub(crate) enum AllocError {
     /// As many threads as the limit allows are alive.
     LimitReached,
     /// The program is ending: no thread may start any more.
@@ -115,6 +115,7 @@ impl TidAllocator {
     }
 
     /// How many threads currently hold a TID.
+    #[cfg(test)]
     pub fn live(&self) -> usize {
         self.state.lock().live.len()
     }

@@ -55,7 +55,7 @@ impl SharedWasi {
     }
 
     /// Shares `ctx`; blocking calls give up when `stop` fires.
-    pub fn with_stop_signal(ctx: WasiP1Ctx, stop: StopSignal) -> Self {
+    pub(crate) fn with_stop_signal(ctx: WasiP1Ctx, stop: StopSignal) -> Self {
         SharedWasi {
             ctx: Arc::new(Mutex::new(ctx)),
             stop,
