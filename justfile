@@ -27,3 +27,14 @@ bench:
 lint:
     cargo fmt --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Differential fuzzing of the module rewrite for `seconds` (issue 14): with
+# libFuzzer (`cargo install cargo-fuzz`, nightly toolchain) when available,
+# else with the stable runner. Failing modules are saved: fuzz/artifacts/ or
+# target/rewrite-diff-failures/.
+fuzz seconds="600":
+    if cargo +nightly fuzz --version >/dev/null 2>&1; then cargo +nightly fuzz run rewrite -- -max_total_time={{seconds}} -timeout=120; else just fuzz-stable {{seconds}}; fi
+
+# The same check on stable Rust, over consecutive seeds.
+fuzz-stable seconds="600" seed="0":
+    cargo run --release -p rewrite-diff -- --seconds {{seconds}} --seed {{seed}}

@@ -45,6 +45,9 @@ pub use program::{
     HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
 pub use rewrite::compile;
+// For the differential fuzzer (crates/rewrite-diff); not part of the API.
+#[doc(hidden)]
+pub use rewrite::rewrite;
 pub use runner::Runner;
 pub use spawn::{EAGAIN, ENOSYS};
 pub use stdin::SharedStdin;

@@ -1,0 +1,12 @@
+;; A shared 64-bit memory comes first; the rewrite routes the 32-bit one
+;; after it and leaves waits on the 64-bit one native.
+(module
+  (import "env" "memory0" (memory i64 1 2 shared))
+  (import "env" "memory1" (memory 1 2 shared))
+  (func (export "native64") (result i32)
+    (memory.atomic.wait32 0 (i64.const 8) (i32.const 1) (i64.const -1)))
+  (func (export "routed32") (result i32)
+    (memory.atomic.wait64 1 (i32.const 8) (i64.const 0) (i64.const 5)))
+  (func (export "grow-then-wait") (result i32)
+    (drop (memory.grow 1 (i32.const 1)))
+    (memory.atomic.wait32 1 (i32.const 65536) (i32.const 0) (i64.const 0))))
