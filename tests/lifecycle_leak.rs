@@ -21,6 +21,7 @@ const SPAWN_WITH_GAPS: &str = r#"
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (import "host" "sample" (func $sample (param i32)))
   (import "env" "memory" (memory 1 1 shared))
+  (export "memory" (memory 0))
   (func (export "wasi_thread_start") (param $tid i32) (param $arg i32)
     (i32.atomic.store (i32.const 0) (i32.const 1))
     (drop (memory.atomic.notify (i32.const 0) (i32.const 1))))
