@@ -48,4 +48,5 @@ pub use stdin::SharedStdin;
 pub use stop::{StopSignal, Stopped};
 pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
 pub use tid::{MAX_TID, TidAllocator};
+pub use wait::Notifier;
 pub use wasi::SharedWasi;
