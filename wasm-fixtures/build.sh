@@ -4,7 +4,7 @@
 #
 #   ./build.sh                 everything (installs clang-19 etc. via apt and
 #                              the C sysroot under .sysroot/ when missing)
-#   ./build.sh --native-only   only the native gcc builds (needs just gcc)
+#   ./build.sh --native-only   only the native builds (gcc, and rustc for the Rust benchmarks)
 #   ./build.sh NAME...         only the named fixtures (e.g. c-term rust-rayon)
 #
 # Idempotent: apt / rustup / sysroot work is skipped when already present.
@@ -30,7 +30,9 @@ C_FIXTURES=(c-pthreads c-exit-thread c-trap-thread c-main-return c-exit-code
             c-term c-shared-file c-sleep-writer c-torn-lines c-exit-midwrite
             bench-spawn bench-burst bench-cpu bench-pingpong bench-idle bench-fdwrite
             c-spawn-limit c-churn c-many-live c-grow c-stack-overflow c-infinite)
-RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread)
+RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread bench-pipeline bench-compute)
+# Rust fixtures that also get a native build (benchmark baselines)
+RUST_NATIVE=(bench-pipeline bench-compute)
 max_memory() {
   case "$1" in
     c-many-live) echo $((128 * MIB)) ;;
@@ -52,6 +54,14 @@ build_native() {
   for n in "${C_FIXTURES[@]}"; do
     wanted "$n" || continue
     gcc -O2 -pthread -Wall -Wextra -o "native/$n" "c/$n.c"
+  done
+  local host
+  host=$(rustc -vV | sed -n 's/^host: //p')
+  for n in "${RUST_NATIVE[@]}"; do
+    wanted "$n" || continue
+    (cd "rust/$n" && env -u RUSTFLAGS CARGO_TARGET_DIR="$HERE/target" \
+      cargo build --quiet --release --locked --target "$host")
+    cp "$HERE/target/$host/release/$n" "native/$n"
   done
   log "native builds in $HERE/native/"
 }

@@ -54,6 +54,7 @@ pub use stdin::SharedStdin;
 pub use stop::Stopped;
 pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
 pub use tid::MAX_TID;
+pub use wait::Notifier;
 pub use wasi::SharedWasi;
 
 /// The lifecycle core and the pool's idle count, exposed only to the model

