@@ -197,3 +197,84 @@ fn stdin_data_reaches_a_reading_thread_intact() {
     assert_eq!(run.stdout.as_bytes(), input);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Main writes to stdout forever; stdout is a pipe the test never reads, so
+/// after 64 KiB every write blocks. A spawned thread prints "tick" to stderr
+/// every 100 ms.
+const BLOCKED_WRITER: &str = r#"(module
+  (import "env" "memory" (memory 1 1 shared))
+  (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  ;; 100: iovec {4096, 4096} (zeros); 200: iovec {300, 5}; 300: "tick\n"
+  (data (i32.const 100) "\00\10\00\00\00\10\00\00")
+  (data (i32.const 200) "\2c\01\00\00\05\00\00\00")
+  (data (i32.const 300) "tick\n")
+  ;; 400: a subscription: monotonic clock (id 1), relative, 100 ms
+  (data (i32.const 416) "\01\00\00\00\00\00\00\00\00\e1\f5\05\00\00\00\00")
+  (func (export "wasi_thread_start") (param i32 i32)
+    (loop $tick
+      (drop (call $poll (i32.const 400) (i32.const 600) (i32.const 1) (i32.const 700)))
+      (drop (call $write (i32.const 2) (i32.const 200) (i32.const 1) (i32.const 704)))
+      (br $tick)))
+  (func (export "_start")
+    (if (i32.lt_s (call $spawn (i32.const 0)) (i32.const 1)) (then unreachable))
+    (loop $flood
+      (drop (call $write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 708)))
+      (br $flood))))"#;
+
+#[test]
+fn a_writer_blocked_on_stdout_stalls_no_other_thread_and_is_stopped() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let dir = std::env::temp_dir().join(format!("wasi-threads-blocked-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wat = dir.join("blocked.wat");
+    std::fs::write(&wat, BLOCKED_WRITER).unwrap();
+
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["--timeout", "3s", wat.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held, never read, until the end of the test.
+    let stdout = child.stdout.take();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited_after = start.elapsed();
+    let stderr = reader.join().unwrap();
+    drop(stdout);
+    let status = status.unwrap_or_else(|| panic!("the CLI did not exit\n{stderr}"));
+    assert_eq!(status.code(), Some(124), "{stderr}");
+    let ticks = stderr.lines().filter(|l| *l == "tick").count();
+    // 30 in 3 s when nothing stalls, 0 when the writer holds a lock the
+    // ticker needs.
+    assert!(ticks >= 5, "{ticks} ticks\n{stderr}");
+    // Promptness is the point: without the fix the CLI outlives its
+    // timeout by the join timeout (10 s), then waits for the pipe's reader.
+    assert!(
+        exited_after < Duration::from_secs(10),
+        "exited after {exited_after:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
