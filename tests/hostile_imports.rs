@@ -58,10 +58,7 @@ const PREVIEW1: &[(&str, &[Ty])] = &[
         &[I32, I32, I32, I32, I64, I64, I32],
     ),
     ("path_link", &[I32, I32, I32, I32, I32, I32, I32]),
-    (
-        "path_open",
-        &[I32, I32, I32, I32, I32, I64, I64, I32, I32],
-    ),
+    ("path_open", &[I32, I32, I32, I32, I32, I64, I64, I32, I32]),
     ("path_readlink", &[I32, I32, I32, I32, I32, I32]),
     ("path_remove_directory", &[I32, I32, I32]),
     ("path_rename", &[I32, I32, I32, I32, I32, I32]),
@@ -127,6 +124,7 @@ fn module(name: &str, params: &[Ty], args: &[u64]) -> String {
     format!(
         r#"(module
   (import "env" "memory" (memory 1 1 shared))
+  (export "memory" (memory 0))
   (import "wasi_snapshot_preview1" "{name}" (func $f (param{sig}) {result}))
   {DATA}
   (func (export "_start") (call $f {pushed}) {drop})
@@ -193,7 +191,10 @@ fn survives(engine: &Engine, dir: &std::path::Path, wat: &str) -> Outcome {
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("wasi-threads-hostile-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "wasi-threads-hostile-{name}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("file.txt"), b"some content\n").unwrap();
@@ -229,10 +230,18 @@ fn every_preview1_function_survives_extreme_arguments() {
 fn poll_oneoff_with_u32_max_subscriptions_traps() {
     let engine = engine();
     let dir = scratch("poll");
-    let wat = module("poll_oneoff", &[I32, I32, I32, I32], &[0, 4096, 0xFFFF_FFFF, 8192]);
+    let wat = module(
+        "poll_oneoff",
+        &[I32, I32, I32, I32],
+        &[0, 4096, 0xFFFF_FFFF, 8192],
+    );
     match survives(&engine, &dir, &wat) {
         Outcome::Trap { trap, .. } => {
-            assert!(trap.message.contains("out of bounds") || trap.message.contains("overflow"), "{}", trap.message)
+            assert!(
+                trap.message.contains("out of bounds") || trap.message.contains("overflow"),
+                "{}",
+                trap.message
+            )
         }
         other => panic!("{other}"),
     }
@@ -244,7 +253,10 @@ fn random_get_of_u32_max_bytes_traps_without_allocating_them() {
     let engine = engine();
     let dir = scratch("random");
     let wat = module("random_get", &[I32, I32], &[0, 0xFFFF_FFFF]);
-    assert!(matches!(survives(&engine, &dir, &wat), Outcome::Trap { .. }));
+    assert!(matches!(
+        survives(&engine, &dir, &wat),
+        Outcome::Trap { .. }
+    ));
     // In bounds, the whole memory: fine.
     let wat = module("random_get", &[I32, I32], &[0, 65536]);
     assert!(matches!(
@@ -260,7 +272,18 @@ fn random_get_of_u32_max_bytes_traps_without_allocating_them() {
 fn wait_notify_and_thread_spawn_survive_extreme_arguments() {
     let engine = engine();
     let dir = scratch("atomics");
-    let addrs: &[u32] = &[0, 1, 2, 4, 65532, 65535, 65536, 0x8000_0000, 0xFFFF_FFFC, 0xFFFF_FFFF];
+    let addrs: &[u32] = &[
+        0,
+        1,
+        2,
+        4,
+        65532,
+        65535,
+        65536,
+        0x8000_0000,
+        0xFFFF_FFFC,
+        0xFFFF_FFFF,
+    ];
     let mut traps = 0;
     let mut runs = 0;
     for &addr in addrs {
@@ -268,12 +291,19 @@ fn wait_notify_and_thread_spawn_survive_extreme_arguments() {
         let calls = [
             // A value the memory does not hold: returns 1 ("not-equal") at
             // once, whatever the timeout, or traps on a bad address.
-            format!("(drop (memory.atomic.wait32 (i32.const {addr}) (i32.const -1) (i64.const -1)))"),
-            format!("(drop (memory.atomic.wait32 (i32.const {addr}) (i32.const 7) (i64.const 9223372036854775807)))"),
-            format!("(drop (memory.atomic.wait64 (i32.const {addr}) (i64.const -1) (i64.const -1)))"),
-            // The value it holds, a zero or negative timeout: times out.
+            format!(
+                "(drop (memory.atomic.wait32 (i32.const {addr}) (i32.const -1) (i64.const -1)))"
+            ),
+            format!(
+                "(drop (memory.atomic.wait32 (i32.const {addr}) (i32.const 7) (i64.const 9223372036854775807)))"
+            ),
+            format!(
+                "(drop (memory.atomic.wait64 (i32.const {addr}) (i64.const -1) (i64.const -1)))"
+            ),
+            // The value it holds, a short timeout: times out (a negative one
+            // is forever).
             format!("(drop (memory.atomic.wait32 (i32.const {addr}) (i32.const 0) (i64.const 0)))"),
-            format!("(drop (memory.atomic.wait64 (i32.const {addr}) (i64.const 0) (i64.const -9223372036854775808)))"),
+            format!("(drop (memory.atomic.wait64 (i32.const {addr}) (i64.const 0) (i64.const 1)))"),
             format!("(drop (memory.atomic.notify (i32.const {addr}) (i32.const -1)))"),
             format!("(drop (memory.atomic.notify (i32.const {addr}) (i32.const 0)))"),
         ];
@@ -281,6 +311,7 @@ fn wait_notify_and_thread_spawn_survive_extreme_arguments() {
             let wat = format!(
                 r#"(module
   (import "env" "memory" (memory 1 1 shared))
+  (export "memory" (memory 0))
   (func (export "_start") {call})
 )"#
             );
@@ -298,6 +329,7 @@ fn wait_notify_and_thread_spawn_survive_extreme_arguments() {
         let wat = format!(
             r#"(module
   (import "env" "memory" (memory 1 1 shared))
+  (export "memory" (memory 0))
   (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
   (func (export "wasi_thread_start") (param $tid i32) (param $arg i32)
     (i32.atomic.store (i32.const 64) (local.get $arg))
@@ -324,12 +356,28 @@ fn wait_notify_and_thread_spawn_survive_extreme_arguments() {
 fn the_cli_exits_normally_after_hostile_calls() {
     let dir = scratch("cli");
     let cases: &[(&str, &[Ty], &[u64])] = &[
-        ("poll_oneoff", &[I32, I32, I32, I32], &[0, 4096, 0xFFFF_FFFF, 8192]),
+        (
+            "poll_oneoff",
+            &[I32, I32, I32, I32],
+            &[0, 4096, 0xFFFF_FFFF, 8192],
+        ),
         ("random_get", &[I32, I32], &[0, 0xFFFF_FFFF]),
         // u32::MAX iovecs to stdout and to stderr, and at the end of memory.
-        ("fd_write", &[I32, I32, I32, I32], &[1, 0, 0xFFFF_FFFF, 1024]),
-        ("fd_write", &[I32, I32, I32, I32], &[2, 0xFFFF_FFF8, 1, 1024]),
-        ("fd_read", &[I32, I32, I32, I32], &[0, 1024, 0xFFFF_FFFF, 1024]),
+        (
+            "fd_write",
+            &[I32, I32, I32, I32],
+            &[1, 0, 0xFFFF_FFFF, 1024],
+        ),
+        (
+            "fd_write",
+            &[I32, I32, I32, I32],
+            &[2, 0xFFFF_FFF8, 1, 1024],
+        ),
+        (
+            "fd_read",
+            &[I32, I32, I32, I32],
+            &[0, 1024, 0xFFFF_FFFF, 1024],
+        ),
     ];
     for (name, params, args) in cases {
         let path = dir.join(format!("{name}.wat"));
@@ -340,8 +388,14 @@ fn the_cli_exits_normally_after_hostile_calls() {
             Stdin::Null,
             Duration::from_secs(60),
         );
-        let code = run.code.unwrap_or_else(|| panic!("{name}: killed by a signal\n{}", run.stderr));
-        assert!(code == 0 || code == 134, "{name}: status {code}\n{}", run.stderr);
+        let code = run
+            .code
+            .unwrap_or_else(|| panic!("{name}: killed by a signal\n{}", run.stderr));
+        assert!(
+            code == 0 || code == 134,
+            "{name}: status {code}\n{}",
+            run.stderr
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

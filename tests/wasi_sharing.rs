@@ -203,6 +203,7 @@ fn stdin_data_reaches_a_reading_thread_intact() {
 /// every 100 ms.
 const BLOCKED_WRITER: &str = r#"(module
   (import "env" "memory" (memory 1 1 shared))
+  (export "memory" (memory 0))
   (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))

@@ -108,21 +108,13 @@ impl SharedOutput {
     /// program run in it, so their output is written in one order.
     pub fn stdout() -> Self {
         static PROCESS: OnceLock<SharedOutput> = OnceLock::new();
-        PROCESS
-            .get_or_init(|| {
-                Self::process(1)
-            })
-            .clone()
+        PROCESS.get_or_init(|| Self::process(1)).clone()
     }
 
     /// The process's stderr (descriptor 2), as [`SharedOutput::stdout`].
     pub fn stderr() -> Self {
         static PROCESS: OnceLock<SharedOutput> = OnceLock::new();
-        PROCESS
-            .get_or_init(|| {
-                Self::process(2)
-            })
-            .clone()
+        PROCESS.get_or_init(|| Self::process(2)).clone()
     }
 
     /// Output to `writer`, written by a pump thread started on first use.
@@ -503,7 +495,10 @@ impl tokio::io::AsyncWrite for Stream {
         }
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let mut state = self.output.inner.state.lock();
         if let Some(failed) = state.failed() {
             return Poll::Ready(Err(std::io::Error::from(failed.kind)));
