@@ -395,8 +395,22 @@ mod sync {
         errors: { errno => trappable Error },
     });
 
+    /// Drives one WASI call's future on the calling guest thread. Most calls
+    /// finish on their first poll (no I/O readiness to wait for, or blocking
+    /// I/O done inline), and for those the runtime's `block_on` (entering
+    /// it, a forced yield, a park and unpark) is pure overhead: poll once
+    /// with the runtime as ambient context, and only block on it if the
+    /// future is not done.
     fn in_tokio<F: Future>(future: F) -> Result<F::Output> {
-        Ok(wasmtime_wasi::runtime::in_tokio(future))
+        let mut future = std::pin::pin!(future);
+        let first = wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            future.as_mut().poll(&mut cx)
+        });
+        Ok(match first {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => wasmtime_wasi::runtime::in_tokio(future),
+        })
     }
 }
 
