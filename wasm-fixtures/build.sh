@@ -29,7 +29,8 @@ MIB=1048576
 C_FIXTURES=(c-pthreads c-exit-thread c-trap-thread c-main-return c-exit-code
             c-term c-shared-file c-sleep-writer c-torn-lines c-exit-midwrite
             bench-spawn bench-burst bench-cpu bench-pingpong bench-idle bench-fdwrite
-            c-spawn-limit c-churn c-many-live c-grow c-stack-overflow c-infinite)
+            c-spawn-limit c-churn c-many-live c-grow c-stack-overflow c-infinite
+            bench-wasi-calls)
 RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread bench-pipeline bench-compute)
 # Rust fixtures that also get a native build (benchmark baselines)
 RUST_NATIVE=(bench-pipeline bench-compute)

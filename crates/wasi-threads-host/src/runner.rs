@@ -5,6 +5,7 @@ use crate::program::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
 use crate::stdin::SharedStdin;
+use crate::stdio::SharedOutput;
 use crate::supervisor::{CancelHandle, Outcome};
 use crate::wasi::{self, SharedWasi};
 use std::path::{Path, PathBuf};
@@ -261,14 +262,19 @@ impl Runner {
         let mut stdin = None;
         if self.inherit_stdio {
             // The process's stdin, buffered so that a thread waiting for
-            // input holds no lock other threads need.
+            // input holds no lock other threads need; its stdout and stderr,
+            // written by pump threads so that a stuck reader stalls only the
+            // writing thread, and only until the program stops.
             let shared = SharedStdin::inherit();
             builder
-                .inherit_stdout()
-                .inherit_stderr()
+                .stdout(SharedOutput::stdout())
+                .stderr(SharedOutput::stderr())
                 .stdin(shared.clone());
             stdin = Some(shared);
         }
+        // A setup hook may replace stdout/stderr: then fd 1 and 2 are only
+        // the context's to write.
+        let shared_output = self.inherit_stdio && self.wasi_setup.is_empty();
         builder.args(&self.args);
         for (key, value) in &self.env {
             builder.env(key, value);
@@ -288,6 +294,11 @@ impl Runner {
         let mut wasi = SharedWasi::new(builder.build_p1(), &threads);
         if let Some(stdin) = stdin {
             wasi = wasi.with_stdin(stdin);
+        }
+        if shared_output {
+            wasi = wasi
+                .with_stdout(SharedOutput::stdout())
+                .with_stderr(SharedOutput::stderr());
         }
         let store = threads.new_store(State { wasi, limits })?;
 

@@ -6,20 +6,36 @@
 //! raced against the program's [`StopSignal`], so the supervisor can end a
 //! thread stuck in one. Nothing that can block for long holds the lock:
 //! sleeps, `sched_yield` and `proc_exit` never take it, and a read of (or
-//! poll on) a [`SharedStdin`] waits for input before taking it.
+//! poll on) a [`SharedStdin`] waits for input before taking it, and a
+//! write to a [`SharedOutput`] (stdout, stderr) is handed to that output's
+//! pump without taking it at all.
+//!
+//! No size or pointer the guest passes is trusted: the calls implemented
+//! here check counts against the memory before they allocate or loop, and
+//! the ones forwarded to `wasmtime-wasi` charge the store's host-call fuel
+//! for what they copy.
 
 use crate::WasiThreads;
 use crate::stdin::SharedStdin;
+use crate::stdio::{SharedOutput, WriteFailed};
 use crate::stop::{StopSignal, Stopped};
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::Result;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::types;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
-use wiggle::{GuestMemory, GuestPtr};
+use wiggle::{GuestMemory, GuestPtr, GuestType};
+
+/// Most bytes one `fd_write` to a [`SharedOutput`] gathers from its iovecs;
+/// the rest is a short write, as POSIX allows, and the guest writes again.
+const MAX_GATHER: usize = 1 << 20;
+
+/// Most bytes `random_get` asks the context for at once, so that a guest's
+/// length never sizes a host allocation.
+const RANDOM_CHUNK: u32 = 64 * 1024;
 
 /// One WASI preview1 context shared by all threads of a program. Cloning it
 /// is cheap and every clone sees the same descriptors, preopens, args and
@@ -31,9 +47,12 @@ pub struct SharedWasi {
     stop: StopSignal,
     hostcall_fuel: usize,
     stdin: Option<SharedStdin>,
-    /// Set once the guest closes or renumbers over fd 0: from then on fd 0
-    /// is no longer `stdin`.
-    stdin_moved: Arc<AtomicBool>,
+    stdout: Option<SharedOutput>,
+    stderr: Option<SharedOutput>,
+    /// Bit `fd` is set once the guest closes or renumbers over fd 0, 1 or 2:
+    /// from then on that fd is no longer the stream given here, and calls on
+    /// it go through the context.
+    stdio_moved: Arc<AtomicU8>,
 }
 
 /// One subscription of a `poll_oneoff` that [`SharedWasi`] waits on itself.
@@ -61,7 +80,9 @@ impl SharedWasi {
             stop,
             hostcall_fuel: usize::MAX,
             stdin: None,
-            stdin_moved: Arc::new(AtomicBool::new(false)),
+            stdout: None,
+            stderr: None,
+            stdio_moved: Arc::new(AtomicU8::new(0)),
         }
     }
 
@@ -74,18 +95,51 @@ impl SharedWasi {
         self
     }
 
+    /// Declares that the context's stdout is `stdout` (the same value given
+    /// to `WasiCtxBuilder::stdout`), so that writes to fd 1 go to its pump
+    /// without the shared context: a thread writing to a pipe nobody reads
+    /// then blocks only itself, and leaves when the program stops.
+    pub fn with_stdout(mut self, stdout: SharedOutput) -> Self {
+        self.stdout = Some(stdout);
+        self
+    }
+
+    /// As [`SharedWasi::with_stdout`], for stderr and fd 2.
+    pub fn with_stderr(mut self, stderr: SharedOutput) -> Self {
+        self.stderr = Some(stderr);
+        self
+    }
+
+    fn is_original(&self, fd: u32) -> bool {
+        fd <= 2 && self.stdio_moved.load(Ordering::Acquire) & (1 << fd) == 0
+    }
+
     /// The shared stdin, if `fd` is still it.
-    fn stdin_at(&self, fd: types::Fd) -> Option<SharedStdin> {
+    fn stdin_at(&self, fd: types::Fd) -> Option<&SharedStdin> {
         let fd: u32 = fd.into();
-        if fd != 0 || self.stdin_moved.load(Ordering::Acquire) {
+        if fd != 0 || !self.is_original(fd) {
             return None;
         }
-        self.stdin.clone()
+        self.stdin.as_ref()
+    }
+
+    /// The shared stdout or stderr, if `fd` is still it.
+    fn output_at(&self, fd: types::Fd) -> Option<&SharedOutput> {
+        let fd: u32 = fd.into();
+        if !self.is_original(fd) {
+            return None;
+        }
+        match fd {
+            1 => self.stdout.as_ref(),
+            2 => self.stderr.as_ref(),
+            _ => None,
+        }
     }
 
     fn note_fd_replaced(&self, fd: types::Fd) {
-        if u32::from(fd) == 0 {
-            self.stdin_moved.store(true, Ordering::Release);
+        let fd: u32 = fd.into();
+        if fd <= 2 {
+            self.stdio_moved.fetch_or(1 << fd, Ordering::AcqRel);
         }
     }
 
@@ -108,6 +162,9 @@ impl SharedWasi {
         subs: GuestPtr<types::Subscription>,
         n: types::Size,
     ) -> Result<Option<Vec<Sub>>, types::Error> {
+        // The count is the guest's: check the whole array lies in memory
+        // before sizing anything by it.
+        check_array(memory, subs, n)?;
         let mut plan = Vec::with_capacity(n as usize);
         for sub in subs.as_array(n).iter() {
             let sub = memory.read(sub?)?;
@@ -161,6 +218,8 @@ impl SharedWasi {
             .any(|s| matches!(s, Sub::Stdin(_)))
             .then(|| self.stdin.clone())
             .flatten();
+        let due = u32::try_from(plan.len()).map_err(|_| types::Errno::Inval)?;
+        check_array(memory, events, due)?;
         match &stdin {
             None => {
                 let nanos = shortest.unwrap_or(0);
@@ -184,7 +243,6 @@ impl SharedWasi {
         let elapsed = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
         let available = stdin.as_ref().map(SharedStdin::buffered);
         let stdin_ready = stdin.is_some_and(|s| s.is_readable());
-        let due = plan.len() as u32;
         let mut written: types::Size = 0;
         for (sub, nanos) in plan.iter().zip(&remaining) {
             let event = match (sub, nanos) {
@@ -220,6 +278,75 @@ impl SharedWasi {
             written += 1;
         }
         Ok(written)
+    }
+}
+
+/// Checks that `n` elements at `ptr` lie within `memory`, without copying
+/// them: a trap (as `wasmtime-wasi` and `wasmtime run` give) if they do not.
+fn check_array<T: GuestType>(
+    memory: &GuestMemory<'_>,
+    ptr: GuestPtr<T>,
+    n: u32,
+) -> Result<(), types::Error> {
+    let bytes = T::guest_size()
+        .checked_mul(n)
+        .ok_or(wiggle::GuestError::PtrOverflow)?;
+    memory.as_slice(GuestPtr::<[u8]>::new((ptr.offset(), bytes)))?;
+    Ok(())
+}
+
+/// Copies the bytes of `ciovs` out of guest memory, at most [`MAX_GATHER`]
+/// of them, charging `fuel` for the iovec array as `wasmtime-wasi` does.
+fn gather(
+    memory: &GuestMemory<'_>,
+    ciovs: types::CiovecArray,
+    fuel: usize,
+) -> Result<Vec<u8>, types::Error> {
+    let array_bytes = usize::try_from(ciovs.len())
+        .ok()
+        .and_then(|n| n.checked_mul(types::Ciovec::guest_size() as usize))
+        .ok_or(types::Errno::Overflow)?;
+    if array_bytes > fuel {
+        return Err(types::Errno::Nomem.into());
+    }
+    let mut bytes = Vec::new();
+    for ciov in ciovs.iter() {
+        let ciov = memory.read(ciov?)?;
+        if ciov.buf_len == 0 {
+            continue;
+        }
+        let room = MAX_GATHER - bytes.len();
+        let len = (ciov.buf_len as usize).min(room) as u32;
+        let buf = ciov.buf.as_array(len);
+        if bytes.is_empty() {
+            // The common case, one buffer: one copy.
+            bytes = memory.to_vec(buf)?;
+        } else {
+            bytes.extend_from_slice(&memory.as_cow(buf)?);
+        }
+        if bytes.len() == MAX_GATHER {
+            break;
+        }
+    }
+    Ok(bytes)
+}
+
+/// The errno for a failed write to a [`SharedOutput`].
+fn write_errno(failed: WriteFailed) -> types::Errno {
+    match failed.raw {
+        Some(libc::EPIPE) => types::Errno::Pipe,
+        Some(libc::EAGAIN) => types::Errno::Again,
+        Some(libc::ENOSPC) => types::Errno::Nospc,
+        Some(libc::EFBIG) => types::Errno::Fbig,
+        Some(libc::EDQUOT) => types::Errno::Dquot,
+        Some(libc::EBADF) => types::Errno::Badf,
+        Some(libc::EINTR) => types::Errno::Intr,
+        Some(libc::EINVAL) => types::Errno::Inval,
+        Some(libc::EPERM) => types::Errno::Perm,
+        Some(libc::EACCES) => types::Errno::Acces,
+        Some(libc::ECONNRESET) => types::Errno::Connreset,
+        _ if failed.kind == std::io::ErrorKind::BrokenPipe => types::Errno::Pipe,
+        _ => types::Errno::Io,
     }
 }
 
@@ -268,8 +395,22 @@ mod sync {
         errors: { errno => trappable Error },
     });
 
+    /// Drives one WASI call's future on the calling guest thread. Most calls
+    /// finish on their first poll (no I/O readiness to wait for, or blocking
+    /// I/O done inline), and for those the runtime's `block_on` (entering
+    /// it, a forced yield, a park and unpark) is pure overhead: poll once
+    /// with the runtime as ambient context, and only block on it if the
+    /// future is not done.
     fn in_tokio<F: Future>(future: F) -> Result<F::Output> {
-        Ok(wasmtime_wasi::runtime::in_tokio(future))
+        let mut future = std::pin::pin!(future);
+        let first = wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            future.as_mut().poll(&mut cx)
+        });
+        Ok(match first {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => wasmtime_wasi::runtime::in_tokio(future),
+        })
     }
 }
 
@@ -339,7 +480,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn fd_prestat_dir_name(fd: types::Fd, path: GuestPtr<u8>, path_max_len: types::Size) -> Result<(), types::Error>;
         fn fd_tell(fd: types::Fd) -> Result<types::Filesize, types::Error>;
         fn proc_raise(sig: types::Signal) -> Result<(), types::Error>;
-        fn random_get(buf: GuestPtr<u8>, buf_len: types::Size) -> Result<(), types::Error>;
         fn sock_accept(fd: types::Fd, flags: types::Fdflags) -> Result<types::Fd, types::Error>;
         fn sock_recv(fd: types::Fd, ri_data: types::IovecArray, ri_flags: types::Riflags) -> Result<(types::Size, types::Roflags), types::Error>;
         fn sock_send(fd: types::Fd, si_data: types::CiovecArray, si_flags: types::Siflags) -> Result<types::Size, types::Error>;
@@ -354,7 +494,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn fd_filestat_set_size(fd: types::Fd, size: types::Filesize) -> Result<(), types::Error>;
         fn fd_filestat_set_times(fd: types::Fd, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
         fn fd_pread(fd: types::Fd, iovs: types::IovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
-        fn fd_write(fd: types::Fd, ciovs: types::CiovecArray) -> Result<types::Size, types::Error>;
         fn fd_pwrite(fd: types::Fd, ciovs: types::CiovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
         fn fd_seek(fd: types::Fd, offset: types::Filedelta, whence: types::Whence) -> Result<types::Filesize, types::Error>;
         fn fd_sync(fd: types::Fd) -> Result<(), types::Error>;
@@ -389,13 +528,57 @@ impl WasiSnapshotPreview1 for SharedWasi {
         locked!(self, ctx => ctx.poll_oneoff(memory, subs, events, nsubscriptions))
     }
 
+    fn random_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        buf: GuestPtr<u8>,
+        buf_len: types::Size,
+    ) -> Result<(), types::Error> {
+        // `wasmtime-wasi` allocates `buf_len` random bytes before it checks
+        // the buffer: check first, then fill it a bounded chunk at a time.
+        check_array(memory, buf, buf_len)?;
+        let mut ctx = self.ctx.lock();
+        ctx.set_hostcall_fuel(self.hostcall_fuel);
+        let mut done = 0;
+        while done < buf_len {
+            let len = (buf_len - done).min(RANDOM_CHUNK);
+            ctx.random_get(memory, buf.add(done)?, len)?;
+            done += len;
+        }
+        Ok(())
+    }
+
+    async fn fd_write(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+        ciovs: types::CiovecArray,
+    ) -> Result<types::Size, types::Error> {
+        if let Some(output) = self.output_at(fd) {
+            // Straight to the output's pump, without the context: a stuck
+            // reader must stall only this thread, and only until it stops.
+            let output = output.clone();
+            let bytes = gather(memory, ciovs, self.hostcall_fuel)?;
+            let n = bytes.len() as types::Size;
+            if n == 0 {
+                return Ok(0);
+            }
+            return match self.stop.race(output.write(bytes.into())).await {
+                Ok(Ok(())) => Ok(n),
+                Ok(Err(failed)) => Err(write_errno(failed).into()),
+                Err(stopped) => Err(SharedWasi::stopped(stopped)),
+            };
+        }
+        locked!(self, ctx => ctx.fd_write(memory, fd, ciovs))
+    }
+
     async fn fd_read(
         &mut self,
         memory: &mut GuestMemory<'_>,
         fd: types::Fd,
         iovs: types::IovecArray,
     ) -> Result<types::Size, types::Error> {
-        if let Some(stdin) = self.stdin_at(fd) {
+        if let Some(stdin) = self.stdin_at(fd).cloned() {
             // Wait for input without the context, one reader at a time so
             // that the input this thread waited for is still there to read.
             let _turn = stdin.turn();
