@@ -201,7 +201,10 @@ fn waits_on_a_shared_memory_the_module_defines_are_refused() {
         (drop (memory.atomic.notify (i32.const 0) (i32.const 1)))))"#;
     let _serial = SERIAL.lock();
     let (outcome, _) = run(notify_only).unwrap();
-    assert!(matches!(outcome, Outcome::Exit { code: 0, .. }), "{outcome}");
+    assert!(
+        matches!(outcome, Outcome::Exit { code: 0, .. }),
+        "{outcome}"
+    );
 }
 
 /// memory64: a 64-bit shared memory, imported or defined, cannot be routed

@@ -5,16 +5,18 @@
 #include "common.h"
 #include <pthread.h>
 
-__attribute__((noinline)) static void boom(int depth) {
-    if (depth > 0)
-        __builtin_trap();
+static volatile int reached;
+
+__attribute__((noinline)) static void boom(void) {
+    reached = 1;
+    __builtin_trap();
 }
 
 static void *worker(void *arg) {
     (void)arg;
     printf("thread trapping\n");
     fflush(stdout);
-    boom(1);
+    boom();
     return NULL;
 }
 

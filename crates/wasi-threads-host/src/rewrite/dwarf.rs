@@ -245,11 +245,17 @@ fn convert_ranges<'r>(
     addresses: &Addresses<'_>,
     dropped: &mut Dropped,
 ) -> Option<write::AttributeValue> {
-    let mut ranges = Vec::new();
+    // Ranges are written as absolute addresses: in DWARF 4 a list's pairs
+    // are relative to the unit's base address unless the list sets one.
+    let mut ranges = vec![write::Range::BaseAddress {
+        address: Address::Constant(0),
+    }];
     let mut iter = read_unit.ranges(offset).ok()?;
     while let Ok(Some(range)) = iter.next() {
         match (addresses.convert(range.begin), addresses.convert(range.end)) {
-            (Some(begin), Some(end)) if begin <= end => ranges.push(write::Range::StartEnd {
+            // Empty ranges describe no code (and cannot be written).
+            (Some(begin), Some(end)) if begin == end => {}
+            (Some(begin), Some(end)) if begin < end => ranges.push(write::Range::StartEnd {
                 begin: Address::Constant(begin),
                 end: Address::Constant(end),
             }),
@@ -267,7 +273,10 @@ fn convert_locations<'r>(
     addresses: &Addresses<'_>,
 ) -> Option<write::AttributeValue> {
     let convert_address = |a: u64| addresses.convert(a).map(Address::Constant);
-    let mut locations = Vec::new();
+    // Absolute addresses, as for ranges.
+    let mut locations = vec![write::Location::BaseAddress {
+        address: Address::Constant(0),
+    }];
     let mut iter = read_unit.locations(offset).ok()?;
     while let Ok(Some(entry)) = iter.next() {
         let (Some(begin), Some(end)) = (
@@ -276,7 +285,7 @@ fn convert_locations<'r>(
         ) else {
             continue;
         };
-        if begin > end {
+        if begin >= end {
             continue;
         }
         let Ok(data) = unit.convert_expression(read_unit, entry.data, &convert_address) else {
