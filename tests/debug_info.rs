@@ -325,3 +325,27 @@ fn rewritten_dwarf_passes_llvm_dwarfdump_verify() {
         eprintln!("modules kept in {}", dir.display());
     }
 }
+
+/// With `Config::debug_info`, Wasmtime transforms the module's DWARF for
+/// native debuggers: the remapped DWARF must go through that transform, and
+/// the program still runs (and traps) as without it.
+#[test]
+fn native_debug_info_accepts_the_remapped_dwarf() {
+    let mut config = engine_config();
+    config.debug_info(true);
+    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
+    let engine = Engine::new(&config).unwrap();
+    for fixture in ["c-debug-trap.wasm", "rust-debug-trap.wasm"] {
+        let bytes = std::fs::read(common::fixture(fixture)).unwrap();
+        let guest = compile_guest(&engine, &bytes).unwrap();
+        let outcome = Runner::new()
+            .inherit_stdio(false)
+            .run_module(guest.module())
+            .unwrap();
+        let Outcome::Trap { trap, .. } = outcome else {
+            panic!("{fixture}: expected a trap, got {outcome}");
+        };
+        let backtrace = trap.backtrace.unwrap_or_default();
+        assert!(backtrace.contains("boom"), "{fixture}: {backtrace}");
+    }
+}
