@@ -226,6 +226,19 @@ enum Plan {
 /// exactly its types, and no native wait or notify on the shared memory is
 /// left. Anything else importing from [`HOST_MODULE`] is refused, since the
 /// host did not put it there.
+///
+/// A native wait on any other shared memory (a second one the module
+/// defines with multi-memory, one a non-threaded module defines for itself,
+/// a 64-bit one) is refused too: no host function can reach it, so a thread
+/// parked there could not be stopped by the supervisor, a time-out or a
+/// cancellation. Notifies never block and stay native there, and waits on
+/// unshared memories trap in Wasmtime.
+///
+/// WASI (wiggle's glue) finds the caller's memory through an export named
+/// `memory`. A module that imports its shared memory without exporting it
+/// under that name gets the export added. An existing export named `memory`
+/// is kept whatever it is: a memory is what WASI then uses, as under
+/// `wasmtime run`; anything else makes WASI calls fail there as well.
 fn plan(scan: &Scan) -> Result<Plan> {
     if let Some(import) = &scan.foreign_host_import {
         bail!(
