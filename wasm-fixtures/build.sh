@@ -34,6 +34,10 @@ C_FIXTURES=(c-pthreads c-exit-thread c-trap-thread c-main-return c-exit-code
 RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread bench-pipeline bench-compute)
 # Rust fixtures that also get a native build (benchmark baselines)
 RUST_NATIVE=(bench-pipeline bench-compute)
+# Built with full DWARF (C: -g -O0, Rust: the dev profile) for the tests of
+# backtraces and debug info.
+C_DEBUG_FIXTURES=(c-debug-trap)
+RUST_DEBUG_FIXTURES=(rust-debug-trap)
 max_memory() {
   case "$1" in
     c-many-live) echo $((128 * MIB)) ;;
@@ -106,6 +110,12 @@ for n in "${C_FIXTURES[@]}"; do
     -o "$n.wasm" "c/$n.c" \
     -Wl,--import-memory,--export-memory,--max-memory="$(max_memory "$n")" -Wl,--strip-debug
 done
+for n in "${C_DEBUG_FIXTURES[@]}"; do
+  wanted "$n" || continue
+  # Relative source paths in the DWARF, so the file names no build directory.
+  (cd c && clang-19 --target=wasm32-wasi-threads -pthread --sysroot="$SYSROOT" -g -O0 -Wall -Wextra -fdebug-prefix-map="$HERE/c"=. \
+    -o "../$n.wasm" "$n.c" -Wl,--import-memory,--export-memory,--max-memory="$(max_memory "$n")")
+done
 log "C fixtures built"
 
 # ---------------------------------------------------------------- Rust -> wasm
@@ -116,6 +126,11 @@ for n in "${RUST_FIXTURES[@]}"; do
   wanted "$n" || continue
   (cd "rust/$n" && cargo build --quiet --release --locked)
   cp "$CARGO_TARGET_DIR/wasm32-wasip1-threads/release/$n.wasm" "$n.wasm"
+done
+for n in "${RUST_DEBUG_FIXTURES[@]}"; do
+  wanted "$n" || continue
+  (cd "rust/$n" && cargo build --quiet --locked)
+  cp "$CARGO_TARGET_DIR/wasm32-wasip1-threads/debug/$n.wasm" "$n.wasm"
 done
 log "Rust fixtures built"
 

@@ -1,0 +1,379 @@
+//! Where the rewrite moved the module's code, and backtraces told in the
+//! offsets of the module the user built.
+//!
+//! Re-encoding moves every function after the added imports, rewritten
+//! waits grow, and the padded LEBs that linkers emit (wasm-ld pads call
+//! indices and section sizes to 5 bytes) shrink, so even untouched functions
+//! move. The map is piecewise linear: between two recorded points every
+//! instruction kept its length, so a point is recorded only where the shift
+//! between the rewritten and the original offset changes.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::sync::Arc;
+use wasmparser::{FunctionBody, Parser, Payload};
+use wasmtime::{FrameInfo, Module, Result, WasmBacktrace, format_err};
+
+/// How the rewrite moved a module's code: offsets (from the start of the
+/// module binary, as `FrameInfo::module_offset` gives them) in the rewritten
+/// module, mapped to offsets in the original one and back.
+#[derive(Debug, Clone)]
+pub struct OffsetMap {
+    /// `(rewritten, original)` offsets, increasing in both, at every
+    /// instruction (and function entry) where the shift changes.
+    points: Vec<(usize, usize)>,
+    original_code: Range<usize>,
+    rewritten_code: Range<usize>,
+    imported_funcs: u32,
+    added_funcs: u32,
+    identity: bool,
+}
+
+impl OffsetMap {
+    /// The map of a module the rewrite left as it was.
+    pub fn identity() -> Self {
+        OffsetMap {
+            points: Vec::new(),
+            original_code: 0..0,
+            rewritten_code: 0..0,
+            imported_funcs: 0,
+            added_funcs: 0,
+            identity: true,
+        }
+    }
+
+    /// Whether the module was left as it was.
+    pub fn is_identity(&self) -> bool {
+        self.identity
+    }
+
+    /// The code section payload (function count and bodies) of the original
+    /// module: DWARF code addresses are relative to its start.
+    pub fn original_code(&self) -> Range<usize> {
+        self.original_code.clone()
+    }
+
+    /// The code section payload of the rewritten module.
+    pub fn rewritten_code(&self) -> Range<usize> {
+        self.rewritten_code.clone()
+    }
+
+    /// The original offset of the instruction at `rewritten` in the rewritten
+    /// module, or `None` if `rewritten` is not in its code (code the host
+    /// added itself would be: there is none today, a rewritten wait is
+    /// reported at the original wait).
+    pub fn original_offset(&self, rewritten: usize) -> Option<usize> {
+        if self.identity {
+            return Some(rewritten);
+        }
+        if !(self.rewritten_code.start..=self.rewritten_code.end).contains(&rewritten) {
+            return None;
+        }
+        let i = self
+            .points
+            .partition_point(|p| p.0 <= rewritten)
+            .checked_sub(1)?;
+        let (new, old) = self.points[i];
+        Some(old + (rewritten - new))
+    }
+
+    /// The offset in the rewritten module of the instruction that was at
+    /// `original`, or `None` if `original` is not in the original code. For
+    /// a rewritten wait, the first instruction that replaced it.
+    pub fn rewritten_offset(&self, original: usize) -> Option<usize> {
+        if self.identity {
+            return Some(original);
+        }
+        if !(self.original_code.start..=self.original_code.end).contains(&original) {
+            return None;
+        }
+        let mut i = self
+            .points
+            .partition_point(|p| p.1 <= original)
+            .checked_sub(1)?;
+        while i > 0 && self.points[i - 1].1 == original {
+            i -= 1;
+        }
+        let (new, old) = self.points[i];
+        Some(new + (original - old))
+    }
+
+    /// The index a function of the rewritten module had in the original,
+    /// or `None` for the host functions the rewrite imported.
+    pub fn original_func_index(&self, rewritten: u32) -> Option<u32> {
+        if rewritten < self.imported_funcs {
+            Some(rewritten)
+        } else if rewritten < self.imported_funcs + self.added_funcs {
+            None
+        } else {
+            Some(rewritten - self.added_funcs)
+        }
+    }
+
+    /// Formats `backtrace` as Wasmtime does, with the offsets and function
+    /// indices of frames in `module` (the rewritten module) told in the
+    /// original module's coordinates. File and line come from the module's
+    /// DWARF, which the rewrite carried over remapped.
+    pub fn format_backtrace(&self, module: &Module, backtrace: &WasmBacktrace) -> String {
+        let mut out = String::from("error while executing at wasm backtrace:");
+        for (i, frame) in backtrace.frames().iter().enumerate() {
+            out.push('\n');
+            let _ = self.format_frame(&mut out, i, module, frame);
+        }
+        // Wasmtime's hint to set WASMTIME_BACKTRACE_DETAILS, when it gave one.
+        let hint = "\nnote: using the `WASMTIME_BACKTRACE_DETAILS=1`";
+        let original = backtrace.to_string();
+        if let Some(at) = original.rfind(hint) {
+            out.push_str(&original[at..]);
+        }
+        out
+    }
+
+    fn format_frame(
+        &self,
+        out: &mut String,
+        i: usize,
+        module: &Module,
+        frame: &FrameInfo,
+    ) -> std::fmt::Result {
+        let ours = Module::same(frame.module(), module);
+        let name = frame.module().name().unwrap_or("<unknown>");
+        write!(out, "  {i:>3}: ")?;
+        let mut host_code = false;
+        if let Some(offset) = frame.module_offset() {
+            match if ours {
+                self.original_offset(offset)
+            } else {
+                Some(offset)
+            } {
+                Some(offset) => write!(out, "{offset:#8x} - ")?,
+                None => {
+                    host_code = true;
+                    write!(out, "{:>8} - ", "<host>")?
+                }
+            }
+        }
+        let index = if ours {
+            self.original_func_index(frame.func_index())
+        } else {
+            Some(frame.func_index())
+        };
+        let raw_name = |out: &mut String| match index {
+            Some(index) => wasmtime_environ::demangle_function_name_or_index(
+                out,
+                frame.func_name(),
+                index as usize,
+            ),
+            None => write!(
+                out,
+                "<host function {}>",
+                frame.func_name().unwrap_or("added by the rewrite")
+            ),
+        };
+        if frame.symbols().is_empty() {
+            write!(out, "{name}!")?;
+            raw_name(out)?;
+        } else {
+            for (j, symbol) in frame.symbols().iter().enumerate() {
+                if j > 0 {
+                    write!(out, "\n                - ")?;
+                }
+                match symbol.name() {
+                    Some(name) => wasmtime_environ::demangle_function_name(out, name)?,
+                    None if j == 0 => raw_name(out)?,
+                    None => write!(out, "<inlined function>")?,
+                }
+                if let Some(file) = symbol.file() {
+                    write!(out, "\n                    at {file}")?;
+                    if let Some(line) = symbol.line() {
+                        write!(out, ":{line}")?;
+                        if let Some(col) = symbol.column() {
+                            write!(out, ":{col}")?;
+                        }
+                    }
+                }
+            }
+        }
+        if host_code {
+            write!(out, " (code added by wasi-threads-host)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Records the map while the rewrite encodes the code section.
+pub(super) struct MapBuilder {
+    /// `(rewritten, original)`, rewritten relative to the start of the new
+    /// code section's payload until [`finish`](Self::finish).
+    points: Vec<(usize, usize)>,
+    last_shift: Option<isize>,
+    /// Length of the function count that starts the new code payload.
+    count_len: usize,
+    /// Length of the function count that starts the original payload.
+    original_count_len: usize,
+    /// Where the next original function entry (its size) starts.
+    next_original_entry: Option<usize>,
+    original_code: Range<usize>,
+}
+
+/// The instructions of one function, relative to its body start in the
+/// rewritten module (which is known only once the body is complete).
+pub(super) struct FunctionMoves {
+    new_entry: usize,
+    original_entry: usize,
+    original_body: usize,
+    points: Vec<(usize, usize, bool)>,
+}
+
+impl FunctionMoves {
+    /// The instruction now at `new` (in the new body) was at `original`.
+    pub fn instruction(&mut self, new: usize, original: usize) {
+        self.points.push((new, original, false));
+    }
+
+    /// Like `instruction`, recorded even where the shift does not change:
+    /// the first of several instructions that replace one.
+    pub fn exact(&mut self, new: usize, original: usize) {
+        self.points.push((new, original, true));
+    }
+
+    /// The body ends at `new` (in the new body), at `original`.
+    pub fn end(&mut self, new: usize, original: usize) {
+        self.points.push((new, original, false));
+    }
+}
+
+fn leb_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+impl MapBuilder {
+    /// `original_code` is the original code section payload, which starts
+    /// with the number of function bodies, `count`, in `original_count_len`
+    /// bytes.
+    pub fn new(original_code: Range<usize>, original_count_len: usize, count: u32) -> Self {
+        MapBuilder {
+            points: Vec::new(),
+            last_shift: None,
+            count_len: leb_len(count as usize),
+            original_count_len,
+            next_original_entry: None,
+            original_code,
+        }
+    }
+
+    fn point(&mut self, new: usize, original: usize, exact: bool) {
+        let shift = new as isize - original as isize;
+        if exact || self.last_shift != Some(shift) {
+            self.points.push((new, original));
+            self.last_shift = Some(shift);
+        }
+    }
+
+    /// Starts a function whose entry begins at `code_len` bytes into the new
+    /// code section's contents.
+    pub fn begin_function(&mut self, code_len: usize, body: &FunctionBody<'_>) -> FunctionMoves {
+        let original_body = body.range().start;
+        // The first entry follows the function count, whatever its (possibly
+        // padded) length; every other one follows the previous body.
+        let original_entry = self
+            .next_original_entry
+            .unwrap_or(self.original_code.start + self.original_count_len);
+        self.next_original_entry = Some(body.range().end);
+        FunctionMoves {
+            new_entry: self.count_len + code_len,
+            original_entry,
+            original_body,
+            points: Vec::new(),
+        }
+    }
+
+    /// Records a finished function whose new body is `new_len` bytes long.
+    pub fn end_function(&mut self, moves: FunctionMoves) {
+        let new_len = moves.points.last().map_or(0, |p| p.0);
+        let new_body = moves.new_entry + leb_len(new_len);
+        self.point(moves.new_entry, moves.original_entry, true);
+        self.point(new_body, moves.original_body, true);
+        for (new, original, exact) in moves.points {
+            self.point(new_body + new, original, exact);
+        }
+    }
+
+    /// The map, once `rewritten` (the rewritten module so far) holds the
+    /// whole code section.
+    pub fn finish(
+        self,
+        rewritten: &[u8],
+        imported_funcs: u32,
+        added_funcs: u32,
+    ) -> Result<OffsetMap> {
+        let mut code = None;
+        for payload in Parser::new(0).parse_all(rewritten) {
+            if let Payload::CodeSectionStart { range, .. } = payload? {
+                code = Some(range);
+                break;
+            }
+        }
+        let rewritten_code =
+            code.ok_or_else(|| format_err!("the rewritten module has no code section"))?;
+        let start = rewritten_code.start;
+        // The payloads' starts match: DWARF's address 0.
+        let points = std::iter::once((0, self.original_code.start))
+            .chain(self.points)
+            .map(|(new, old)| (start + new, old))
+            .collect();
+        Ok(OffsetMap {
+            points,
+            original_code: self.original_code,
+            rewritten_code,
+            imported_funcs,
+            added_funcs,
+            identity: false,
+        })
+    }
+}
+
+/// A module compiled by [`compile_guest`](super::compile_guest): the
+/// Wasmtime `Module` to run and the map back to the module the user built.
+#[derive(Clone)]
+pub struct GuestModule {
+    module: Module,
+    map: Arc<OffsetMap>,
+}
+
+impl GuestModule {
+    pub(super) fn new(module: Module, map: Arc<OffsetMap>) -> Self {
+        GuestModule { module, map }
+    }
+
+    /// The module to instantiate.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// How the rewrite moved the module's code.
+    pub fn offsets(&self) -> &Arc<OffsetMap> {
+        &self.map
+    }
+
+    /// `backtrace` (of a trap in this module) as Wasmtime formats it, but
+    /// with the offsets and function indices of the module the user built,
+    /// which `wasm-tools addr2line`, `llvm-symbolizer` or `wasm-objdump` on
+    /// the user's file understand.
+    pub fn format_backtrace(&self, backtrace: &WasmBacktrace) -> String {
+        self.map.format_backtrace(&self.module, backtrace)
+    }
+}
+
+impl std::fmt::Debug for GuestModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestModule")
+            .field("rewritten", &!self.map.is_identity())
+            .finish_non_exhaustive()
+    }
+}
