@@ -84,7 +84,7 @@ pub struct Cli {
 
     /// The module to run (binary .wasm or text .wat), then the guest's
     /// arguments: everything after MODULE, flags included, goes to the guest.
-    #[arg(value_name = "MODULE", trailing_var_arg = true, required = true)]
+    #[arg(value_name = "MODULE", trailing_var_arg = true)]
     pub module_and_args: Vec<String>,
 }
 
@@ -109,15 +109,22 @@ impl Cli {
         if args.get(1).is_some_and(|a| a == "run") {
             args.remove(1);
         }
-        let matches = Cli::command()
-            .version(version())
-            .try_get_matches_from(args)?;
-        Cli::from_arg_matches(&matches)
+        let mut command = Cli::command().version(version());
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        // MODULE is checked here rather than by clap so that `-W help` needs none.
+        if cli.module_and_args.is_empty() && cli.group_help().is_none() {
+            return Err(command.error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the module to run is missing: wasi-threads [run] [OPTIONS] [--] <MODULE> [ARGS]...",
+            ));
+        }
+        Ok(cli)
     }
 
     /// The module's path.
     pub fn module(&self) -> &str {
-        // `required = true` guarantees at least one value.
+        // `try_parse_args` guarantees at least one value.
         self.module_and_args.first().map_or("", String::as_str)
     }
 
@@ -250,7 +257,15 @@ mod tests {
 
     #[test]
     fn guest_arguments_may_look_like_flags() {
-        let cli = parse(&["--env", "A=1", "t.wasm", "--test-threads", "2", "--dir", "x"]);
+        let cli = parse(&[
+            "--env",
+            "A=1",
+            "t.wasm",
+            "--test-threads",
+            "2",
+            "--dir",
+            "x",
+        ]);
         assert_eq!(cli.module(), "t.wasm");
         assert_eq!(cli.guest_args(), ["--test-threads", "2", "--dir", "x"]);
         assert!(cli.dirs.is_empty());
@@ -263,8 +278,18 @@ mod tests {
     #[test]
     fn wasmtime_run_spellings() {
         let cli = parse(&[
-            "run", "-W", "bulk-memory=y", "-W", "threads=y", "-W", "shared-memory=y", "-S",
-            "threads=y", "--", "x.wasm", "-W",
+            "run",
+            "-W",
+            "bulk-memory=y",
+            "-W",
+            "threads=y",
+            "-W",
+            "shared-memory=y",
+            "-S",
+            "threads=y",
+            "--",
+            "x.wasm",
+            "-W",
         ]);
         assert_eq!(cli.module(), "x.wasm");
         assert_eq!(cli.guest_args(), ["-W"]);
@@ -275,7 +300,13 @@ mod tests {
         assert_eq!(cli.module(), "x.wasm");
         assert_eq!(cli.options(), Ok(Options::default()));
 
-        let cli = parse(&["-Wthreads,timeout=2", "--argv0", "prog", "--dir=a::/b", "x.wasm"]);
+        let cli = parse(&[
+            "-Wthreads,timeout=2",
+            "--argv0",
+            "prog",
+            "--dir=a::/b",
+            "x.wasm",
+        ]);
         assert_eq!(cli.options().unwrap().timeout, Some(Duration::from_secs(2)));
         assert_eq!(cli.argv0.as_deref(), Some("prog"));
         assert_eq!(cli.dirs, [(PathBuf::from("a"), "/b".to_string())]);

@@ -5,7 +5,7 @@ mod options;
 
 use clap::error::ErrorKind;
 use std::process::ExitCode;
-use wasi_threads_host::{Outcome, Runner};
+use wasi_threads_host::{Outcome, Runner, SharedStdin};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -17,7 +17,11 @@ fn main() -> ExitCode {
         println!("{help}");
         return ExitCode::SUCCESS;
     }
-    let status = match cli.options().map_err(wasmtime::Error::msg).and_then(|o| run(cli, o)) {
+    let status = match cli
+        .options()
+        .map_err(wasmtime::Error::msg)
+        .and_then(|o| run(cli, o))
+    {
         Ok(outcome) => {
             match &outcome {
                 Outcome::Exit { .. } => {}
@@ -84,8 +88,21 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
         wasmtime::bail!("-W max-wasm-stack: not supported yet");
     }
     let engine = wasmtime::Engine::new(&config)?;
-    let argv0 = cli.argv0.clone().unwrap_or_else(|| cli.module().to_string());
+    let argv0 = cli
+        .argv0
+        .clone()
+        .unwrap_or_else(|| cli.module().to_string());
+    // Stdio as `Runner`'s default `inherit_stdio(true)` sets it up, minus the
+    // blocking `stdout().flush()` it does after the run: a guest thread that
+    // was detached while blocked writing to a full stdout pipe holds std's
+    // stdout lock, and that flush would wait for it forever.
+    // `process::exit` in `main` flushes instead, if the lock is free.
     let mut runner = Runner::new()
+        .inherit_stdio(false)
+        .stdin(SharedStdin::inherit())
+        .configure_wasi(|wasi| {
+            wasi.inherit_stdout().inherit_stderr();
+        })
         .engine(engine)
         .arg(argv0)
         .args(cli.guest_args().iter().cloned())
@@ -118,9 +135,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
+    // clap's message, without its usage block and tips, on one line.
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("Error: {first} (see --help)");
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| {
+            !(l.is_empty() || l.starts_with("tip:") || l.starts_with("For more information"))
+        })
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("Error: {message} (see --help)");
     ExitCode::from(1)
 }

@@ -39,13 +39,11 @@ pub enum Feature {
     RelaxedSimd,
     MultiMemory,
     MultiValue,
-    ReferenceTypes,
     TailCall,
     Memory64,
     ExtendedConst,
     WideArithmetic,
     CustomPageSizes,
-    FunctionReferences,
 }
 
 impl Feature {
@@ -55,13 +53,11 @@ impl Feature {
             "relaxed-simd" => Feature::RelaxedSimd,
             "multi-memory" => Feature::MultiMemory,
             "multi-value" => Feature::MultiValue,
-            "reference-types" => Feature::ReferenceTypes,
             "tail-call" => Feature::TailCall,
             "memory64" => Feature::Memory64,
             "extended-const" => Feature::ExtendedConst,
             "wide-arithmetic" => Feature::WideArithmetic,
             "custom-page-sizes" => Feature::CustomPageSizes,
-            "function-references" => Feature::FunctionReferences,
             _ => return None,
         })
     }
@@ -73,39 +69,44 @@ impl Feature {
             Feature::RelaxedSimd => config.wasm_relaxed_simd(enable),
             Feature::MultiMemory => config.wasm_multi_memory(enable),
             Feature::MultiValue => config.wasm_multi_value(enable),
-            Feature::ReferenceTypes => config.wasm_reference_types(enable),
             Feature::TailCall => config.wasm_tail_call(enable),
             Feature::Memory64 => config.wasm_memory64(enable),
             Feature::ExtendedConst => config.wasm_extended_const(enable),
             Feature::WideArithmetic => config.wasm_wide_arithmetic(enable),
             Feature::CustomPageSizes => config.wasm_custom_page_sizes(enable),
-            Feature::FunctionReferences => config.wasm_function_references(enable),
         };
     }
 }
 
 /// Keys a wasi-threads host cannot run without: accepted when on, refused
 /// when switched off.
-const REQUIRED_WASM: &[&str] = &["threads", "shared-memory", "bulk-memory", "epoch-interruption"];
+const REQUIRED_WASM: &[&str] = &[
+    "threads",
+    "shared-memory",
+    "bulk-memory",
+    "epoch-interruption",
+];
 
 /// The `-W` keys we understand, for `-W help`.
 pub const WASM_HELP: &str = "\
+Available -W / --wasm options:
   -W threads, shared-memory, bulk-memory, epoch-interruption   always on (=n is refused)
   -W timeout=N|Ns|Nms|..     stop the program after this long (exit 124)
   -W max-memory-size=N       most bytes of linear memory
   -W max-wasm-stack=N        most bytes of wasm stack per thread
-  -W simd, relaxed-simd, multi-memory, multi-value, reference-types, tail-call,
-     memory64, extended-const, wide-arithmetic, custom-page-sizes,
-     function-references[=y|n]   switch a Wasm proposal";
+  -W simd, relaxed-simd, multi-memory, multi-value, tail-call, memory64,
+     extended-const, wide-arithmetic, custom-page-sizes[=y|n]   switch a Wasm proposal";
 
 /// The `-S` keys we understand, for `-S help`.
 pub const WASI_HELP: &str = "\
+Available -S / --wasi options:
   -S threads, cli, common    always on (=n is refused)
   -S preview2[=y|n]          accepted: WASI preview1 is always wasmtime-wasi's
   -S inherit-env[=y|n]       give the guest the host's whole environment";
 
 /// The `-D` keys we understand, for `-D help`.
 pub const DEBUG_HELP: &str = "\
+Available -D / --debug options:
   -D debug-info[=y|n]        DWARF for native debuggers (lldb, gdb)
   -D address-map[=y|n]       map native code addresses back to wasm offsets
   -D logging[=y|n]           accepted: logging follows RUST_LOG";
@@ -342,7 +343,11 @@ mod tests {
         assert!(o.debug("coredump=x").unwrap_err().contains("coredump"));
         assert!(o.profile("guest").unwrap_err().contains("guest"));
         assert!(o.wasm_features("gc").unwrap_err().contains("gc"));
-        assert!(o.wasi_modules("experimental-wasi-nn").unwrap_err().contains("nn"));
+        assert!(
+            o.wasi_modules("experimental-wasi-nn")
+                .unwrap_err()
+                .contains("nn")
+        );
         assert!(o.wasm("max-memory-size=lots").unwrap_err().contains("lots"));
     }
 }
