@@ -23,6 +23,21 @@ bench:
     wasm-fixtures/build.sh --native-only
     cargo run --release -p wasi-threads-bench
 
+# tokio's test suite under wasi-threads with tokio's own CI runner line
+# (network to crates.io the first time). Selected targets: `just tokio
+# rt_threaded sync_mpsc`; under wasmtime: `RUNTIME=wasmtime just tokio`.
+tokio *targets:
+    nice -n 10 .ci/tokio-suite {{targets}}
+
+# cargo check for macOS and Windows (library with minimal features, CLI).
+cross-check *targets:
+    .ci/cross-check {{targets}}
+
+# The checks a release needs: both crates package, docs build without warnings.
+package:
+    cargo package -p wasi-threads-host -p wasi-threads-cli --allow-dirty
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p wasi-threads-host -p wasi-threads-cli
+
 # Lints, as CI would want them.
 lint:
     cargo fmt --check

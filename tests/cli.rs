@@ -277,10 +277,312 @@ fn timeout_stops_the_program_with_124() {
 fn help_and_version() {
     let run = cli(&["--help"]);
     assert_exit(&run, 0);
-    for flag in ["--dir", "--env", "--max-threads", "--timeout"] {
+    for flag in [
+        "--dir",
+        "--env",
+        "--max-threads",
+        "--timeout",
+        "--wasm",
+        "--wasi",
+    ] {
         assert!(run.stdout.contains(flag), "{}", run.stdout);
     }
     let run = cli(&["--version"]);
     assert_exit(&run, 0);
     assert!(run.stdout.starts_with("wasi-threads "), "{}", run.stdout);
+    assert!(run.stdout.contains("(Wasmtime 48."), "{}", run.stdout);
+    let run = cli(&["run", "-V"]);
+    assert_exit(&run, 0);
+    assert!(run.stdout.contains("(Wasmtime 48."), "{}", run.stdout);
+    for group in ["-W", "-S", "-D"] {
+        let run = cli(&[group, "help"]);
+        assert_exit(&run, 0);
+        assert!(run.stdout.contains(&format!("{group} ")), "{}", run.stdout);
+    }
+}
+
+/// A WASI command that writes its arguments and then its environment to
+/// stdout, each NUL-terminated, as `args_get` and `environ_get` return them.
+const ECHO_WAT: &str = r#"(module
+    (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes (param i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "args_get" (func $args (param i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "environ_get" (func $env (param i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+    (memory (export "memory") 4)
+    (func $dump (param $buf i32) (param $len i32)
+      (i32.store (i32.const 0) (local.get $buf))
+      (i32.store (i32.const 4) (local.get $len))
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+    (func (export "_start")
+      (drop (call $args_sizes (i32.const 16) (i32.const 20)))
+      (drop (call $args (i32.const 1024) (i32.const 8192)))
+      (call $dump (i32.const 8192) (i32.load (i32.const 20)))
+      (drop (call $env_sizes (i32.const 16) (i32.const 20)))
+      (drop (call $env (i32.const 1024) (i32.const 65536)))
+      (call $dump (i32.const 65536) (i32.load (i32.const 20)))))"#;
+
+/// A scratch directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("wasi-threads-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The NUL-terminated strings the echo module printed.
+fn echoed(run: &Run) -> Vec<&str> {
+    run.stdout.split_terminator('\0').collect()
+}
+
+#[test]
+fn every_argument_after_the_module_goes_to_the_guest() {
+    let scratch = Scratch::new("guest-args");
+    let echo = scratch.file("echo.wat", ECHO_WAT);
+    for flag in [
+        "--version",
+        "-V",
+        "--help",
+        "-h",
+        "--dir",
+        "-W",
+        "run",
+        "--",
+    ] {
+        let run = cli(&[&echo, flag]);
+        assert_exit(&run, 0);
+        assert_eq!(
+            echoed(&run)[..2],
+            [echo.as_str(), flag],
+            "{flag}: {:?}",
+            run.stdout
+        );
+        // Not our own help or version.
+        assert!(
+            !run.stdout.contains("Wasmtime 48"),
+            "{flag}: {}",
+            run.stdout
+        );
+        assert!(!run.stdout.contains("Usage"), "{flag}: {}", run.stdout);
+    }
+    let run = cli(&["run", "--", &echo, "--version", "-h"]);
+    assert_exit(&run, 0);
+    assert_eq!(echoed(&run)[..3], [echo.as_str(), "--version", "-h"]);
+}
+
+#[test]
+fn argv0_and_inherited_environment() {
+    let scratch = Scratch::new("argv0");
+    let echo = scratch.file("echo.wat", ECHO_WAT);
+    let run = cli(&["--argv0", "rg", &echo, "x"]);
+    assert_exit(&run, 0);
+    assert_eq!(echoed(&run), ["rg", "x"]);
+    // `-S inherit-env` passes the host's environment (the test harness sets
+    // RUST_LOG for every run); `--env` adds to it.
+    let run = cli(&["-S", "inherit-env", "--env", "EXTRA=1", &echo]);
+    assert_exit(&run, 0);
+    let strings = echoed(&run);
+    assert!(strings.contains(&"RUST_LOG=warn"), "{strings:?}");
+    assert!(strings.contains(&"EXTRA=1"), "{strings:?}");
+}
+
+#[test]
+fn tokio_runner_line_runs_the_module() {
+    // tokio's CI: CARGO_TARGET_WASM32_WASIP1_THREADS_RUNNER="wasmtime run -W
+    // bulk-memory=y -W threads=y -W shared-memory=y -S threads=y --".
+    let path = fixture("rust-threads.wasm");
+    let run = cli(&[
+        "run",
+        "-W",
+        "bulk-memory=y",
+        "-W",
+        "threads=y",
+        "-W",
+        "shared-memory=y",
+        "-S",
+        "threads=y",
+        "--",
+        path.to_str().unwrap(),
+    ]);
+    assert_exit(&run, 0);
+    assert!(run.stdout.ends_with("rust-threads ok\n"), "{}", run.stdout);
+}
+
+#[test]
+fn wasi_libc_and_older_runner_lines_run_the_module() {
+    let path = fixture("c-pthreads.wasm");
+    let path = path.to_str().unwrap();
+    for line in [
+        // wasi-libc's test harness and wasi-sdk's CI.
+        &["--wasi", "threads", "--wasm", "shared-memory", path][..],
+        // The Rust target documentation, old and new.
+        &["run", "-S", "threads=y", path],
+        &[
+            "--wasm-features",
+            "threads",
+            "--wasi-modules",
+            "experimental-wasi-threads",
+            path,
+        ],
+        &["-W", "threads,shared-memory,bulk-memory", "-Sthreads", path],
+        &["--wasm=threads", "--wasi=threads", path],
+    ] {
+        let run = cli(line);
+        assert_exit(&run, 0);
+        assert!(
+            run.stdout.ends_with("c-pthreads ok\n"),
+            "{line:?}: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn wasmtime_options_that_change_behaviour_are_applied() {
+    let path = fixture("c-infinite.wasm");
+    let run = cli(&["-W", "timeout=300ms", path.to_str().unwrap()]);
+    assert_exit(&run, 124);
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
+
+    // Native debug info and profiler integration still run the program.
+    let path = fixture("rust-threads.wasm");
+    for line in [
+        &["-D", "debug-info", path.to_str().unwrap()][..],
+        &["--profile", "perfmap", path.to_str().unwrap()],
+        &["-W", "simd=y,tail-call", path.to_str().unwrap()],
+    ] {
+        let run = cli(line);
+        assert_exit(&run, 0);
+        assert!(
+            run.stdout.ends_with("rust-threads ok\n"),
+            "{line:?}: {}",
+            run.stdout
+        );
+    }
+
+    // Switching a proposal off is applied: a module using SIMD no longer loads.
+    let scratch = Scratch::new("simd-off");
+    let simd = scratch.file(
+        "simd.wat",
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start") (drop (v128.const i64x2 0 0))))"#,
+    );
+    assert_exit(&cli(&[&simd]), 0);
+    let run = cli(&["-W", "simd=n,relaxed-simd=n", &simd]);
+    assert_exit(&run, 1);
+    assert!(run.stderr.contains("SIMD"), "{}", run.stderr);
+}
+
+#[test]
+fn unknown_and_unsupported_options_are_one_line_naming_them() {
+    let path = fixture("rust-threads.wasm");
+    let path = path.to_str().unwrap();
+    for (line, needle) in [
+        (&["-W", "fuel=1000", path][..], "fuel"),
+        (
+            &["-W", "threads,nan-canonicalization", path],
+            "nan-canonicalization",
+        ),
+        (&["-S", "nn", path], "nn"),
+        (&["-S", "threads=n", path], "threads=n"),
+        (&["-W", "threads=no", path], "threads=n"),
+        (&["-D", "coredump=core", path], "coredump"),
+        (&["--profile", "guest", path], "guest"),
+        (&["--wasm-features", "gc", path], "gc"),
+        (
+            &["--wasi-modules", "experimental-wasi-nn", path],
+            "experimental-wasi-nn",
+        ),
+        (&["-O", "opt-level=2", path], "-O"),
+        (&["--invoke", "main", path], "--invoke"),
+        (&["run", "--allow-precompiled", path], "--allow-precompiled"),
+        (&["-W", "max-memory-size=65536", path], "max-memory-size"),
+        (&["-W", "max-wasm-stack=65536", path], "max-wasm-stack"),
+    ] {
+        let run = cli(line);
+        assert_exit(&run, 1);
+        assert!(run.stderr.contains(needle), "{line:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.trim_end().lines().count(),
+            1,
+            "{line:?}: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{line:?}: {}", run.stdout);
+    }
+}
+
+/// A thread that writes to stdout until it blocks; once it has filled the
+/// pipe (two 32 KiB writes done, a third on its way), the main thread calls
+/// `proc_exit(3)`.
+const STUCK_WRITER_WAT: &str = r#"(module
+    (import "env" "memory" (memory 1 1 shared))
+    (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+    (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+    (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+    (export "memory" (memory 0))
+    (func (export "wasi_thread_start") (param i32 i32)
+      (i32.store (i32.const 0) (i32.const 1024))
+      (i32.store (i32.const 4) (i32.const 32768))
+      (loop $forever
+        (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
+        (drop (i32.atomic.rmw.add (i32.const 8) (i32.const 1)))
+        (br $forever)))
+    (func (export "_start") (local $spin i32)
+      (drop (call $spawn (i32.const 0)))
+      (loop $filling
+        (br_if $filling (i32.lt_u (i32.atomic.load (i32.const 8)) (i32.const 2))))
+      ;; Give the third write time to block in the kernel.
+      (local.set $spin (i32.const 100000000))
+      (loop $spinning
+        (local.set $spin (i32.sub (local.get $spin) (i32.const 1)))
+        (br_if $spinning (local.get $spin)))
+      (call $exit (i32.const 3))))"#;
+
+#[test]
+fn exits_promptly_while_a_thread_is_stuck_writing_to_a_full_stdout_pipe() {
+    use std::process::{Command, Stdio};
+    let scratch = Scratch::new("stuck-writer");
+    let module = scratch.file("stuck-writer.wat", STUCK_WRITER_WAT);
+    // stdout is a pipe nobody reads, kept open until the child is gone.
+    let mut child = Command::new(BIN)
+        .arg(&module)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _unread_stdout = child.stdout.take();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    let status = status.unwrap_or_else(|| panic!("still running after {LIMIT:?}: {stderr}"));
+    assert_eq!(status.code(), Some(3), "{stderr}");
 }

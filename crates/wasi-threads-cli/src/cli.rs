@@ -1,28 +1,66 @@
 //! Command-line parsing.
 
-use clap::Parser;
+use crate::options::{self, Options};
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Runs a WebAssembly module built for wasi-threads (`wasm32-wasip1-threads`,
 /// or C with wasi-libc pthreads) the way `wasmtime run` does.
 ///
+/// Accepts `wasmtime run`'s spellings, so `wasi-threads` can replace
+/// `wasmtime` in an existing command line: an optional leading `run`,
+/// `-W`/`--wasm`, `-S`/`--wasi` and `-D`/`--debug` KEY[=VAL] groups (`-W
+/// help` lists the keys), `--dir`, `--env`, `--argv0`, `--profile`, and `--`
+/// before the module. Everything after MODULE goes to the guest.
+///
 /// The exit status is the guest's `proc_exit` code, 0 when `_start` returns,
-/// 134 when any thread traps, 124 when --timeout expires, and 1 when the
+/// 134 when any thread traps, 124 when a timeout expires, and 1 when the
 /// module cannot be run at all. Set RUST_LOG=wasi_threads_host=debug for
 /// diagnostics.
 #[derive(Debug, Parser)]
-#[command(name = "wasi-threads", version)]
+#[command(name = "wasi-threads")]
 pub struct Cli {
+    /// Wasm options as `wasmtime run` spells them: KEY[=VAL[,KEY[=VAL]..]]
+    /// (`-W help` lists them). Repeatable.
+    #[arg(short = 'W', long = "wasm", value_name = "KEY[=VAL[,..]]")]
+    pub wasm: Vec<String>,
+
+    /// WASI options as `wasmtime run` spells them (`-S threads` is always on;
+    /// `-S help` lists them). Repeatable.
+    #[arg(short = 'S', long = "wasi", value_name = "KEY[=VAL[,..]]")]
+    pub wasi: Vec<String>,
+
+    /// Debugging options as `wasmtime run` spells them, e.g. `-D debug-info`
+    /// (`-D help` lists them). Repeatable.
+    #[arg(short = 'D', long = "debug", value_name = "KEY[=VAL[,..]]")]
+    pub debug: Vec<String>,
+
+    /// Wasmtime 13's spelling of `-W` (e.g. `--wasm-features threads`).
+    #[arg(long = "wasm-features", value_name = "FEATURE[,..]", hide = true)]
+    pub wasm_features: Vec<String>,
+
+    /// Wasmtime 13's spelling of `-S` (e.g. `--wasi-modules experimental-wasi-threads`).
+    #[arg(long = "wasi-modules", value_name = "MODULE[,..]", hide = true)]
+    pub wasi_modules: Vec<String>,
+
     /// Give the guest a host directory: HOST, or HOST::GUEST to mount it
     /// under another name. Repeatable.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    #[arg(long = "dir", value_name = "HOST_DIR[::GUEST_DIR]", value_parser = parse_dir)]
     pub dirs: Vec<(PathBuf, String)>,
 
-    /// Set an environment variable for the guest: KEY=VALUE, or KEY to pass
+    /// Set an environment variable for the guest: NAME=VAL, or NAME to pass
     /// the host's value through. Repeatable.
-    #[arg(long = "env", value_name = "KEY[=VALUE]", value_parser = parse_env)]
+    #[arg(long = "env", value_name = "NAME[=VAL]", value_parser = parse_env)]
     pub env: Vec<(String, Option<String>)>,
+
+    /// The guest's argv[0] (default: MODULE as given).
+    #[arg(long)]
+    pub argv0: Option<String>,
+
+    /// Let a native profiler see guest functions: perfmap, jitdump or vtune.
+    #[arg(long, value_name = "STRATEGY")]
+    pub profile: Option<String>,
 
     /// The most spawned threads alive at once; beyond it, thread creation
     /// fails with EAGAIN in the guest.
@@ -35,7 +73,7 @@ pub struct Cli {
     pub thread_keep_alive: Duration,
 
     /// Stop the program after this long (e.g. 30s, 500ms, 2m; a bare number
-    /// is seconds) and exit with status 124.
+    /// is seconds) and exit with status 124. Same as `-W timeout=`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
@@ -44,17 +82,99 @@ pub struct Cli {
     #[arg(long)]
     pub no_cache: bool,
 
-    /// The module to run (binary .wasm or text .wat).
-    #[arg(value_name = "MODULE")]
-    pub module: PathBuf,
+    /// The module to run (binary .wasm or text .wat), then the guest's
+    /// arguments: everything after MODULE, flags included, goes to the guest.
+    #[arg(value_name = "MODULE", trailing_var_arg = true)]
+    pub module_and_args: Vec<String>,
+}
 
-    /// Arguments for the guest; the guest's argv[0] is MODULE as given.
-    #[arg(
-        value_name = "ARGS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    pub args: Vec<String>,
+/// The version line: ours and the Wasmtime we are built on.
+pub fn version() -> String {
+    format!(
+        "{} (Wasmtime {})",
+        env!("CARGO_PKG_VERSION"),
+        wasmtime_environ::VERSION
+    )
+}
+
+impl Cli {
+    /// Parses a command line as `wasmtime` would: a leading `run` is the
+    /// subcommand, not the module.
+    pub fn try_parse_args<I, S>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        if args.get(1).is_some_and(|a| a == "run") {
+            args.remove(1);
+        }
+        let mut command = Cli::command().version(version());
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        // MODULE is checked here rather than by clap so that `-W help` needs none.
+        if cli.module_and_args.is_empty() && cli.group_help().is_none() {
+            return Err(command.error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the module to run is missing: wasi-threads [run] [OPTIONS] [--] <MODULE> [ARGS]...",
+            ));
+        }
+        Ok(cli)
+    }
+
+    /// The module's path.
+    pub fn module(&self) -> &str {
+        // `try_parse_args` guarantees at least one value.
+        self.module_and_args.first().map_or("", String::as_str)
+    }
+
+    /// The guest's arguments after argv[0].
+    pub fn guest_args(&self) -> &[String] {
+        self.module_and_args.get(1..).unwrap_or(&[])
+    }
+
+    /// The `wasmtime run` option groups, parsed and checked.
+    pub fn options(&self) -> Result<Options, String> {
+        let mut options = Options::default();
+        for value in &self.wasm {
+            options.wasm(value)?;
+        }
+        for value in &self.wasi {
+            options.wasi(value)?;
+        }
+        for value in &self.debug {
+            options.debug(value)?;
+        }
+        for value in &self.wasm_features {
+            options.wasm_features(value)?;
+        }
+        for value in &self.wasi_modules {
+            options.wasi_modules(value)?;
+        }
+        if let Some(profile) = &self.profile {
+            options.profile(profile)?;
+        }
+        if let (Some(ours), Some(theirs)) = (self.timeout, options.timeout)
+            && ours != theirs
+        {
+            return Err("--timeout and -W timeout= disagree; give one".to_string());
+        }
+        Ok(options)
+    }
+
+    /// `-W help`, `-S help` or `-D help`: the keys of that group.
+    pub fn group_help(&self) -> Option<&'static str> {
+        let asks = |values: &[String]| values.iter().any(|v| v == "help" || v == "help-long");
+        if asks(&self.wasm) {
+            Some(options::WASM_HELP)
+        } else if asks(&self.wasi) {
+            Some(options::WASI_HELP)
+        } else if asks(&self.debug) {
+            Some(options::DEBUG_HELP)
+        } else {
+            None
+        }
+    }
 }
 
 fn parse_dir(s: &str) -> Result<(PathBuf, String), String> {
@@ -129,10 +249,15 @@ mod tests {
         assert!(parse_env("=x").is_err());
     }
 
+    fn parse(args: &[&str]) -> Cli {
+        let mut all = vec!["wasi-threads"];
+        all.extend_from_slice(args);
+        Cli::try_parse_args(all).unwrap()
+    }
+
     #[test]
     fn guest_arguments_may_look_like_flags() {
-        let cli = Cli::try_parse_from([
-            "wasi-threads",
+        let cli = parse(&[
             "--env",
             "A=1",
             "t.wasm",
@@ -140,10 +265,54 @@ mod tests {
             "2",
             "--dir",
             "x",
-        ])
-        .unwrap();
-        assert_eq!(cli.module, PathBuf::from("t.wasm"));
-        assert_eq!(cli.args, ["--test-threads", "2", "--dir", "x"]);
+        ]);
+        assert_eq!(cli.module(), "t.wasm");
+        assert_eq!(cli.guest_args(), ["--test-threads", "2", "--dir", "x"]);
         assert!(cli.dirs.is_empty());
+        for flag in ["--version", "-V", "--help", "-h", "run", "--"] {
+            let cli = parse(&["t.wasm", flag]);
+            assert_eq!(cli.guest_args(), [flag]);
+        }
+    }
+
+    #[test]
+    fn wasmtime_run_spellings() {
+        let cli = parse(&[
+            "run",
+            "-W",
+            "bulk-memory=y",
+            "-W",
+            "threads=y",
+            "-W",
+            "shared-memory=y",
+            "-S",
+            "threads=y",
+            "--",
+            "x.wasm",
+            "-W",
+        ]);
+        assert_eq!(cli.module(), "x.wasm");
+        assert_eq!(cli.guest_args(), ["-W"]);
+        assert_eq!(cli.wasm.len(), 3);
+        assert_eq!(cli.options(), Ok(Options::default()));
+
+        let cli = parse(&["--wasi", "threads", "--wasm", "shared-memory", "x.wasm"]);
+        assert_eq!(cli.module(), "x.wasm");
+        assert_eq!(cli.options(), Ok(Options::default()));
+
+        let cli = parse(&[
+            "-Wthreads,timeout=2",
+            "--argv0",
+            "prog",
+            "--dir=a::/b",
+            "x.wasm",
+        ]);
+        assert_eq!(cli.options().unwrap().timeout, Some(Duration::from_secs(2)));
+        assert_eq!(cli.argv0.as_deref(), Some("prog"));
+        assert_eq!(cli.dirs, [(PathBuf::from("a"), "/b".to_string())]);
+
+        // A module called `run` needs its path spelled out, as with wasmtime.
+        let cli = parse(&["run", "./run"]);
+        assert_eq!(cli.module(), "./run");
     }
 }

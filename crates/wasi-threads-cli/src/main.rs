@@ -1,20 +1,27 @@
 //! `wasi-threads`: run a wasi-threads module from the command line.
 
 mod cli;
+mod options;
 
-use clap::Parser;
 use clap::error::ErrorKind;
-use std::io::Write;
 use std::process::ExitCode;
-use wasi_threads_host::{Outcome, Runner};
+use wasi_threads_host::{Outcome, Runner, SharedStdin};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let status = match run(cli) {
+    if let Some(help) = cli.group_help() {
+        println!("{help}");
+        return ExitCode::SUCCESS;
+    }
+    let status = match cli
+        .options()
+        .map_err(wasmtime::Error::msg)
+        .and_then(|o| run(cli, o))
+    {
         Ok(outcome) => {
             match &outcome {
                 Outcome::Exit { .. } => {}
@@ -40,14 +47,18 @@ fn main() -> ExitCode {
             1
         }
     };
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // Exit codes outside 0..=255 are truncated by the OS, as with wasmtime.
-    ExitCode::from(status as u8)
+    // No explicit `stdout().flush()` here: a guest thread that was detached
+    // while blocked writing to a full stdout pipe still holds std's stdout
+    // lock, and flushing would wait for it forever. `process::exit` flushes
+    // stdout's buffer only if the lock is free (std's shutdown uses
+    // `try_lock`), and stderr is unbuffered. Exit codes outside 0..=255 are
+    // truncated by the OS, as with wasmtime.
+    std::process::exit(status)
 }
 
-fn run(cli: cli::Cli) -> wasmtime::Result<Outcome> {
+fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     let mut config = wasi_threads_host::engine_config();
+    #[cfg(feature = "cache")]
     if !cli.no_cache {
         match wasmtime::Cache::from_file(None) {
             Ok(cache) => {
@@ -56,13 +67,52 @@ fn run(cli: cli::Cli) -> wasmtime::Result<Outcome> {
             Err(e) => log::debug!("compilation cache unavailable: {e:#}"),
         }
     }
+    #[cfg(not(feature = "cache"))]
+    let _ = cli.no_cache; // built without the cache: nothing to turn off
+    for (feature, enable) in &options.features {
+        feature.apply(&mut config, *enable);
+    }
+    if let Some(enable) = options.debug_info {
+        config.debug_info(enable);
+    }
+    if let Some(enable) = options.address_map {
+        config.generate_address_map(enable);
+    }
+    if let Some(profile) = options.profile {
+        config.profiler(profile);
+    }
+    if options.max_memory_size.is_some() {
+        wasmtime::bail!("-W max-memory-size: not supported yet");
+    }
+    if options.max_wasm_stack.is_some() {
+        wasmtime::bail!("-W max-wasm-stack: not supported yet");
+    }
     let engine = wasmtime::Engine::new(&config)?;
+    let argv0 = cli
+        .argv0
+        .clone()
+        .unwrap_or_else(|| cli.module().to_string());
+    // Stdio as `Runner`'s default `inherit_stdio(true)` sets it up, minus the
+    // blocking `stdout().flush()` it does after the run: a guest thread that
+    // was detached while blocked writing to a full stdout pipe holds std's
+    // stdout lock, and that flush would wait for it forever.
+    // `process::exit` in `main` flushes instead, if the lock is free.
     let mut runner = Runner::new()
+        .inherit_stdio(false)
+        .stdin(SharedStdin::inherit())
+        .configure_wasi(|wasi| {
+            wasi.inherit_stdout().inherit_stderr();
+        })
         .engine(engine)
-        .arg(cli.module.to_string_lossy())
-        .args(cli.args)
+        .arg(argv0)
+        .args(cli.guest_args().iter().cloned())
         .max_threads(cli.max_threads)
         .keep_alive(cli.thread_keep_alive);
+    if options.inherit_env {
+        for (key, value) in std::env::vars() {
+            runner = runner.env(key, value);
+        }
+    }
     for (key, value) in cli.env {
         match value.or_else(|| std::env::var(&key).ok()) {
             Some(value) => runner = runner.env(key, value),
@@ -72,10 +122,10 @@ fn run(cli: cli::Cli) -> wasmtime::Result<Outcome> {
     for (host, guest) in cli.dirs {
         runner = runner.preopened_dir(host, guest);
     }
-    if let Some(limit) = cli.timeout {
+    if let Some(limit) = cli.timeout.or(options.timeout) {
         runner = runner.timeout(limit);
     }
-    runner.run_file(&cli.module)
+    runner.run_file(&cli.module_and_args[0])
 }
 
 /// `--help` and `--version` print and succeed; any other parse error is one
@@ -85,9 +135,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
+    // clap's message, without its usage block and tips, on one line.
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("Error: {first} (see --help)");
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| {
+            !(l.is_empty() || l.starts_with("tip:") || l.starts_with("For more information"))
+        })
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("Error: {message} (see --help)");
     ExitCode::from(1)
 }
