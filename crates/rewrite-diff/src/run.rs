@@ -250,7 +250,10 @@ fn wait_memory(module: &Module) -> Option<usize> {
 }
 
 /// The effective address of an atomic access of `width` bytes, checked as
-/// the native instruction checks it: alignment first, then bounds.
+/// Wasmtime's native instruction checks it: an `addr + offset` that
+/// overflows the 32-bit index type traps as out of bounds first (Cranelift
+/// adds them with an overflow trap before calling its libcall), then
+/// alignment, then bounds.
 fn effective_address(
     memory: &SharedMemory,
     addr: i32,
@@ -258,6 +261,9 @@ fn effective_address(
     width: u64,
 ) -> wasmtime::Result<usize> {
     let ea = u64::from(addr as u32) + u64::from(offset as u32);
+    if ea > u64::from(u32::MAX) {
+        return Err(Trap::MemoryOutOfBounds.into());
+    }
     if ea % width != 0 {
         return Err(Trap::HeapMisaligned.into());
     }
