@@ -25,6 +25,8 @@
 //! returns such a configuration. Stores of other programs on the same engine
 //! only see an epoch tick when a program ends.
 
+#![warn(missing_docs)]
+
 mod lifecycle;
 mod memory;
 mod pool;
