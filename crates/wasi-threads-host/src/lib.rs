@@ -25,6 +25,8 @@
 //! returns such a configuration. Stores of other programs on the same engine
 //! only see an epoch tick when a program ends.
 
+#![warn(missing_docs)]
+
 // `compile` needs a compiler; the embedder picks which.
 #[cfg(not(any(feature = "cranelift", feature = "winch")))]
 compile_error!("wasi-threads-host needs a compiler: enable its `cranelift` or `winch` feature");

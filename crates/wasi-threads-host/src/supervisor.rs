@@ -69,11 +69,26 @@ pub struct TrapInfo {
 pub enum Outcome {
     /// The program exited: `proc_exit(code)` in thread `tid`, or `_start`
     /// returning (code 0, [`MAIN_TID`]).
-    Exit { code: i32, tid: u32 },
+    Exit {
+        /// The exit code.
+        code: i32,
+        /// The thread that exited.
+        tid: u32,
+    },
     /// Thread `tid` trapped.
-    Trap { tid: u32, trap: TrapInfo },
+    Trap {
+        /// The thread that trapped.
+        tid: u32,
+        /// The trap.
+        trap: TrapInfo,
+    },
     /// Host code panicked on thread `tid`; the panic was contained.
-    HostPanic { tid: u32, message: String },
+    HostPanic {
+        /// The thread the host code ran on.
+        tid: u32,
+        /// The panic's message.
+        message: String,
+    },
     /// The embedder cancelled the program through a [`CancelHandle`].
     Cancelled,
     /// The program ran past its wall-clock limit.
@@ -124,13 +139,24 @@ impl fmt::Display for Outcome {
 #[non_exhaustive]
 pub enum ThreadEvent {
     /// Thread `tid` was spawned.
-    Spawned { tid: u32 },
+    Spawned {
+        /// The new thread.
+        tid: u32,
+    },
     /// Thread `tid` ended.
-    Exited { tid: u32, exit: ThreadExit },
+    Exited {
+        /// The thread.
+        tid: u32,
+        /// How it ended.
+        exit: ThreadExit,
+    },
     /// Thread `tid` did not stop within the join timeout (it is stuck in
     /// host code that does not return); `run` returned without it and its OS
     /// thread was detached. It may still hold resources.
-    Abandoned { tid: u32 },
+    Abandoned {
+        /// The thread.
+        tid: u32,
+    },
 }
 
 /// Stops a running program from any thread: the one way an embedder stops a
