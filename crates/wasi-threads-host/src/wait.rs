@@ -136,7 +136,7 @@ struct Cell {
 /// The cell at effective address `ea`, checked as the native instructions
 /// check it: misaligned traps first, then out of bounds.
 fn cell(memory: &SharedMemory, ea: u64, size: u64) -> Result<Cell, Trap> {
-    if ea % size != 0 {
+    if !ea.is_multiple_of(size) {
         return Err(Trap::HeapMisaligned);
     }
     // `data()` reads the current length without the lock `data_size()`
