@@ -43,25 +43,31 @@ fn a_host_function_wakes_a_parked_guest_thread() {
         ThreadsConfig::new().timeout(Some(Duration::from_secs(20))),
     )
     .unwrap();
-    let notifier = threads.notifier().expect("the module imports a shared memory");
+    let notifier = threads
+        .notifier()
+        .expect("the module imports a shared memory");
     let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(&engine);
     threads.add_to_linker(&mut linker, &store).unwrap();
     wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
     linker
-        .func_wrap("host", "wake", move |address: i32| -> wasmtime::Result<i32> {
-            // The thread may not have parked yet: notify until it is woken.
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                let woken = notifier.notify(address as u32 as u64, 1)?;
-                if woken > 0 {
-                    return Ok(woken as i32);
+        .func_wrap(
+            "host",
+            "wake",
+            move |address: i32| -> wasmtime::Result<i32> {
+                // The thread may not have parked yet: notify until it is woken.
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(10) {
+                    let woken = notifier.notify(address as u32 as u64, 1)?;
+                    if woken > 0 {
+                        return Ok(woken as i32);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Ok(0)
-        })
+                Ok(0)
+            },
+        )
         .unwrap();
     let outcome = threads.run(&linker, store).unwrap();
     assert!(

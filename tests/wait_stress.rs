@@ -135,7 +135,10 @@ fn many_waiters_on_few_addresses_stopped_mid_way() {
                 std::thread::sleep(Duration::from_millis(5));
                 now = os_threads();
             }
-            assert!(now <= baseline, "run {i}: {now} OS threads, {baseline} before");
+            assert!(
+                now <= baseline,
+                "run {i}: {now} OS threads, {baseline} before"
+            );
         }
     }
 }

@@ -291,4 +291,3 @@ pub fn stop(_: &mut Bench) {
         );
     }
 }
-

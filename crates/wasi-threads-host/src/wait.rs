@@ -136,7 +136,7 @@ struct Cell {
 /// The cell at effective address `ea`, checked as the native instructions
 /// check it: misaligned traps first, then out of bounds.
 fn cell(memory: &SharedMemory, ea: u64, size: u64) -> Result<Cell, Trap> {
-    if ea % size != 0 {
+    if !ea.is_multiple_of(size) {
         return Err(Trap::HeapMisaligned);
     }
     // `data()` reads the current length without the lock `data_size()`
@@ -468,7 +468,10 @@ mod tests {
         let memory = memory();
         let lot = ParkingLot::new(StopSignal::new());
         store(&memory, 64, 7);
-        assert_eq!(lot.wait_at(&memory, 64, 0, Expected::U32(6), -1).unwrap(), 1);
+        assert_eq!(
+            lot.wait_at(&memory, 64, 0, Expected::U32(6), -1).unwrap(),
+            1
+        );
         assert_eq!(lot.wait_at(&memory, 64, 0, Expected::U32(7), 0).unwrap(), 2);
         assert_eq!(
             lot.wait_at(&memory, 64, 0, Expected::U32(7), 1_000_000)
@@ -598,6 +601,9 @@ mod tests {
         let trap = |r: Result<u32>| *r.unwrap_err().downcast_ref::<Trap>().unwrap();
         assert_eq!(trap(notifier.notify(42, 1)), Trap::HeapMisaligned);
         assert_eq!(trap(notifier.notify(65536, 1)), Trap::MemoryOutOfBounds);
-        assert_eq!(trap(notifier.notify(u64::MAX - 3, 1)), Trap::MemoryOutOfBounds);
+        assert_eq!(
+            trap(notifier.notify(u64::MAX - 3, 1)),
+            Trap::MemoryOutOfBounds
+        );
     }
 }
