@@ -64,7 +64,6 @@ fn fresh_modules_behave_the_same_after_the_rewrite() {
 /// An address plus offset past 2^32 traps natively as out of bounds even when
 /// it is also misaligned (see `rewrite-corpus/overflowing-address.wat`).
 #[test]
-#[ignore = "bug in wait.rs: effective_address checks alignment before the 32-bit overflow of addr + offset"]
 fn host_waits_trap_out_of_bounds_when_the_address_overflows() {
     for op in [
         "(memory.atomic.wait32 offset=0xfffffff8 (i32.const 9) (i32.const 0) (i64.const 0))",

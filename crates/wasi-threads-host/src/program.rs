@@ -2,6 +2,7 @@
 //! memory, `thread-spawn` and the program's [lifecycle](crate::lifecycle)
 //! together for an embedder's own `Linker` and store data.
 
+use crate::rewrite::{GuestModule, OffsetMap};
 use crate::lifecycle::{Cause, Lifecycle};
 use crate::memory::{self, ImportedMemory, MemoryPlan};
 use crate::pool::WorkerPool;
@@ -196,6 +197,23 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     /// exports, checks the OS stack against the engine's wasm stack, and
     /// creates its shared memory.
     pub fn with_config(engine: &Engine, module: &Module, config: ThreadsConfig<T>) -> Result<Self> {
+        Self::prepare(engine, module, None, config)
+    }
+
+    /// Prepares a module compiled with [`compile_guest`](crate::compile_guest)
+    /// to run with `config`. Trap backtraces then give the code offsets of
+    /// the module the user built (which `wasm-tools addr2line` or
+    /// `llvm-symbolizer` understand), not those of the host's rewrite.
+    pub fn with_guest(engine: &Engine, guest: &GuestModule, config: ThreadsConfig<T>) -> Result<Self> {
+        Self::prepare(engine, guest.module(), Some(guest.offsets().clone()), config)
+    }
+
+    fn prepare(
+        engine: &Engine,
+        module: &Module,
+        offsets: Option<Arc<OffsetMap>>,
+        config: ThreadsConfig<T>,
+    ) -> Result<Self> {
         let wasm_stack = engine.get_max_wasm_stack();
         if config.stack_size < wasm_stack.saturating_add(HOST_STACK_RESERVE) {
             bail!(
@@ -271,6 +289,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             entry_error,
             pool: WorkerPool::new(config.stack_size, config.keep_alive),
             store_setup: config.store_setup,
+            offsets,
         });
         Ok(WasiThreads {
             shared,
@@ -292,6 +311,15 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     /// running wasm.
     pub(crate) fn stop_signal(&self) -> StopSignal {
         self.shared.stop.clone()
+    }
+
+    /// Wakes guest threads parked in `memory.atomic.wait*`, from any thread
+    /// and from inside host functions (see [`Notifier`](crate::Notifier));
+    /// `None` if the module imports no shared memory.
+    /// `SharedMemory::atomic_notify` does not reach these waits: the host
+    /// routes them through its own parking lot.
+    pub fn notifier(&self) -> Option<crate::Notifier> {
+        self.memory().map(|m| self.shared.parking.notifier(m))
     }
 
     /// A handle that stops the program from any thread, before or during

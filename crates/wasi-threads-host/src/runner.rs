@@ -1,6 +1,7 @@
 //! [`Runner`]: the common case in a few lines — a module, its WASI setup,
 //! and the [`Outcome`].
 
+use crate::rewrite::GuestModule;
 use crate::program::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
@@ -215,12 +216,23 @@ impl Runner {
                 Engine::new(&config)?
             }
         };
-        let module = crate::rewrite::compile(&engine, bytes)?;
-        self.run_module(&module)
+        let guest = crate::rewrite::compile_guest(&engine, bytes)?;
+        self.run_guest(&guest)
+    }
+
+    /// Runs a module compiled with this runner's engine by
+    /// [`compile_guest`](crate::compile_guest): trap backtraces give the
+    /// offsets of the module the user built.
+    pub fn run_guest(self, guest: &GuestModule) -> Result<Outcome> {
+        self.run_prepared(guest.module(), Some(guest))
     }
 
     /// Runs a module compiled with this runner's engine.
     pub fn run_module(self, module: &Module) -> Result<Outcome> {
+        self.run_prepared(module, None)
+    }
+
+    fn run_prepared(self, module: &Module, guest: Option<&GuestModule>) -> Result<Outcome> {
         let engine = module.engine().clone();
         let mut config =
             ThreadsConfig::new()
@@ -252,7 +264,10 @@ impl Runner {
         if let Some(idle) = self.keep_alive {
             config = config.keep_alive(idle);
         }
-        let threads = WasiThreads::with_config(&engine, module, config)?;
+        let threads = match guest {
+            Some(guest) => WasiThreads::with_guest(&engine, guest, config)?,
+            None => WasiThreads::with_config(&engine, module, config)?,
+        };
 
         let mut builder = WasiCtxBuilder::new();
         // Every guest thread has an OS thread of its own, so file I/O can

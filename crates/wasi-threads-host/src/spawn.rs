@@ -2,6 +2,7 @@
 //! thread — the main thread and every spawned one — runs from start to end
 //! ([`Shared::guest_thread`]).
 
+use crate::rewrite::OffsetMap;
 use crate::lifecycle::{Cause, Lifecycle};
 use crate::pool::{Finishing, Job, WorkerPool};
 use crate::stop::{StopSignal, Stopped};
@@ -45,6 +46,10 @@ pub(crate) struct Shared<T: 'static> {
     pub entry_error: Option<String>,
     pub pool: WorkerPool,
     pub store_setup: Option<StoreSetup<T>>,
+    /// How the rewrite moved the module's code, when the program was
+    /// prepared from a [`GuestModule`](crate::GuestModule): trap backtraces
+    /// then show the offsets of the module the user built.
+    pub offsets: Option<Arc<OffsetMap>>,
 }
 
 /// How a guest thread begins.
@@ -233,7 +238,7 @@ impl<T: Clone + Send + 'static> Shared<T> {
         })();
         match result {
             Ok(()) => ThreadExit::Returned,
-            Err(e) => classify(e),
+            Err(e) => classify(e, self.offsets.as_deref().map(|map| (map, &self.module))),
         }
     }
 }
@@ -260,14 +265,17 @@ pub(crate) fn add_thread_spawn<T: Clone + Send + 'static>(
 }
 
 /// Turns the error a guest entry point returned into how its thread ended.
-pub(crate) fn classify(err: wasmtime::Error) -> ThreadExit {
+/// With `offsets`, a trap's backtrace is told in the offsets of the module
+/// the user built rather than of the rewritten one the host runs.
+pub(crate) fn classify(err: wasmtime::Error, offsets: Option<(&OffsetMap, &Module)>) -> ThreadExit {
     if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return ThreadExit::Exit(exit.0);
     }
     if err.downcast_ref::<Stopped>().is_some() {
         return ThreadExit::Stopped;
     }
-    let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
+    let wasm_backtrace = err.downcast_ref::<WasmBacktrace>();
+    let backtrace = wasm_backtrace.map(|bt| bt.to_string());
     let message = match err.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
         // A host error: its causes, without the backtrace context that
@@ -278,6 +286,10 @@ pub(crate) fn classify(err: wasmtime::Error) -> ThreadExit {
             .filter(|cause| Some(cause) != backtrace.as_ref())
             .collect::<Vec<_>>()
             .join(": "),
+    };
+    let backtrace = match (wasm_backtrace, offsets) {
+        (Some(bt), Some((map, module))) => Some(map.format_backtrace(module, bt)),
+        _ => backtrace,
     };
     let backtrace = backtrace.filter(|bt| !bt.trim().is_empty());
     ThreadExit::Trap(TrapInfo { message, backtrace })

@@ -153,6 +153,12 @@ fn cell(memory: &SharedMemory, ea: u64, size: u64) -> Result<Cell, Trap> {
 
 fn guest_cell(memory: &SharedMemory, addr: i32, offset: i32, size: u64) -> Result<Cell> {
     let ea = u64::from(addr as u32) + u64::from(offset as u32);
+    // Wasmtime's native instructions trap out of bounds first when
+    // `addr + offset` overflows the 32-bit index space, misaligned or not
+    // (found by the differential fuzzer: tests/rewrite-corpus).
+    if ea > u64::from(u32::MAX) {
+        return Err(Trap::MemoryOutOfBounds.into());
+    }
     Ok(cell(memory, ea, size)?)
 }
 
@@ -186,8 +192,6 @@ impl ParkingLot {
 
     /// A handle for the embedder to notify waiters on `memory`, the memory
     /// this lot's waits are on.
-    // `WasiThreads::notifier` hands it out.
-    #[allow(dead_code)]
     pub(crate) fn notifier(self: &Arc<Self>, memory: &SharedMemory) -> Notifier {
         Notifier {
             lot: self.clone(),
