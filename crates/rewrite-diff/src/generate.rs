@@ -170,7 +170,7 @@ impl Prep {
         let memories = self.memories.len() as u32;
         let target = self.target;
         let memory = match target {
-            Some(target) if self.next() % 4 != 0 => target,
+            Some(target) if !self.next().is_multiple_of(4) => target,
             _ => u32::from(self.next()) % memories,
         };
         let info = self.memories[memory as usize];
@@ -369,11 +369,11 @@ impl Reencode for Prep {
                 Operator::MemoryAtomicWait64 { memarg } => Some((memarg, 8)),
                 _ => None,
             };
-            if let Some((memarg, width)) = wait {
-                if self.memories[memarg.memory as usize].shared {
-                    let guard = self.guard(memarg.memory, memarg.offset, width);
-                    func.instruction(&Instruction::Call(guard));
-                }
+            if let Some((memarg, width)) = wait
+                && self.memories[memarg.memory as usize].shared
+            {
+                let guard = self.guard(memarg.memory, memarg.offset, width);
+                func.instruction(&Instruction::Call(guard));
             }
             func.instruction(&self.instruction(op)?);
         }

@@ -459,11 +459,11 @@ pub fn observe(module: &Module) -> Result<Observation, String> {
                 .get_table(&mut store, name)
                 .ok_or("table export missing")?;
             for i in 0..table.size(&store).min(TABLE_CALLS) {
-                if let Some(Ref::Func(Some(func))) = table.get(&mut store, i) {
-                    if call(&mut store, &func, format!("call {name:?}[{i}]"), &mut obs)? {
-                        stopped = true;
-                        break 'tables;
-                    }
+                if let Some(Ref::Func(Some(func))) = table.get(&mut store, i)
+                    && call(&mut store, &func, format!("call {name:?}[{i}]"), &mut obs)?
+                {
+                    stopped = true;
+                    break 'tables;
                 }
             }
         }
