@@ -41,7 +41,7 @@ pub use program::{
     DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
     ThreadsConfig, WasiThreads, engine_config,
 };
-pub use rewrite::{GuestModule, OffsetMap, compile, compile_guest, rewrite};
+pub use rewrite::{GuestModule, OffsetMap, compile, compile_guest, compile_guest_cached, rewrite};
 pub use runner::Runner;
 pub use spawn::{EAGAIN, ENOSYS};
 pub use stdin::SharedStdin;
