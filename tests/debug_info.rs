@@ -155,6 +155,9 @@ fn check_frame(
         .offsets()
         .original_offset(*offset)
         .expect("a frame of the module's own code");
+    eprintln!(
+        "frame {function}: at {offset:#x} in the rewritten module, {original:#x} in the fixture"
+    );
     let body = function_body(bytes, symbol);
     assert!(
         body.contains(&original),

@@ -51,7 +51,7 @@ pub use program::{
     DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
     HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
-pub use rewrite::{GuestModule, OffsetMap, compile, compile_guest};
+pub use rewrite::{GuestModule, OffsetMap, compile, compile_guest, compile_guest_cached};
 // For the differential fuzzer (crates/rewrite-diff); not part of the API.
 #[doc(hidden)]
 pub use rewrite::rewrite;

@@ -23,9 +23,11 @@
 //! ([`dwarf`]): backtraces, debuggers and profilers then still speak of the
 //! module the user built.
 
+mod cache;
 mod dwarf;
 mod offsets;
 
+pub use cache::compile_guest_cached;
 pub use offsets::{GuestModule, OffsetMap};
 
 use offsets::MapBuilder;

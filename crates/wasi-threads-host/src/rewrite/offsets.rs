@@ -377,3 +377,76 @@ impl std::fmt::Debug for GuestModule {
             .finish_non_exhaustive()
     }
 }
+
+/// The serialized form of an [`OffsetMap`], for the module cache.
+const MAP_MAGIC: &[u8; 8] = b"wthmap1\0";
+
+impl OffsetMap {
+    /// The map as bytes, or `None` for offsets past 4 GiB (not cached).
+    pub(super) fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(40 + self.points.len() * 8);
+        out.extend_from_slice(MAP_MAGIC);
+        out.push(self.identity as u8);
+        let mut put = |n: usize| -> Option<()> {
+            out.extend_from_slice(&u32::try_from(n).ok()?.to_le_bytes());
+            Some(())
+        };
+        put(self.imported_funcs as usize)?;
+        put(self.added_funcs as usize)?;
+        put(self.original_code.start)?;
+        put(self.original_code.end)?;
+        put(self.rewritten_code.start)?;
+        put(self.rewritten_code.end)?;
+        put(self.points.len())?;
+        for &(new, old) in &self.points {
+            put(new)?;
+            put(old)?;
+        }
+        Some(out)
+    }
+
+    /// A map from [`encode`](Self::encode)'s bytes, or `None` if they are
+    /// not a well-formed map (both coordinates increasing, inside the code).
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(MAP_MAGIC)?;
+        let (&identity, rest) = rest.split_first()?;
+        let mut words = rest
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize);
+        if rest.len() % 4 != 0 {
+            return None;
+        }
+        let mut next = || words.next();
+        let imported_funcs = next()? as u32;
+        let added_funcs = next()? as u32;
+        let original_code = next()?..next()?;
+        let rewritten_code = next()?..next()?;
+        let count = next()?;
+        let points_len = rest.len().checked_sub(7 * 4)?;
+        if points_len % 8 != 0 || count != points_len / 8 {
+            return None;
+        }
+        let mut points = Vec::with_capacity(count);
+        for _ in 0..count {
+            points.push((next()?, next()?));
+        }
+        let increasing = points
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1);
+        let inside = points.iter().all(|&(new, old)| {
+            (rewritten_code.start..=rewritten_code.end).contains(&new)
+                && (original_code.start..=original_code.end).contains(&old)
+        });
+        if identity > 1 || !increasing || !inside {
+            return None;
+        }
+        Some(OffsetMap {
+            points,
+            original_code,
+            rewritten_code,
+            imported_funcs,
+            added_funcs,
+            identity: identity == 1,
+        })
+    }
+}
