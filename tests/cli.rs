@@ -511,8 +511,6 @@ fn unknown_and_unsupported_options_are_one_line_naming_them() {
         (&["-O", "opt-level=2", path], "-O"),
         (&["--invoke", "main", path], "--invoke"),
         (&["run", "--allow-precompiled", path], "--allow-precompiled"),
-        (&["-W", "max-memory-size=65536", path], "max-memory-size"),
-        (&["-W", "max-wasm-stack=65536", path], "max-wasm-stack"),
     ] {
         let run = cli(line);
         assert_exit(&run, 1);
@@ -585,4 +583,33 @@ fn exits_promptly_while_a_thread_is_stuck_writing_to_a_full_stdout_pipe() {
     let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
     let status = status.unwrap_or_else(|| panic!("still running after {LIMIT:?}: {stderr}"));
     assert_eq!(status.code(), Some(3), "{stderr}");
+}
+
+#[test]
+fn wasmtime_memory_and_stack_limits_map_onto_the_runner() {
+    // A limit below the module's minimum memory is a load error; a generous
+    // one changes nothing.
+    let path = fixture("c-pthreads.wasm");
+    let path = path.to_str().unwrap();
+    let run = cli(&["-W", "max-memory-size=65536", path]);
+    assert_exit(&run, 1);
+    assert!(run.stderr.contains("memory"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    let run = cli(&["-W", "max-memory-size=1_073_741_824", path]);
+    assert_exit(&run, 0);
+    assert!(run.stdout.ends_with("c-pthreads ok\n"), "{}", run.stdout);
+
+    // A small wasm stack still turns runaway recursion into a trap; a large
+    // one still runs threads.
+    let overflow = fixture("c-stack-overflow.wasm");
+    let run = cli(&["-W", "max-wasm-stack=65536", overflow.to_str().unwrap()]);
+    assert_exit(&run, 134);
+    assert!(
+        run.stderr.contains("call stack exhausted"),
+        "{}",
+        run.stderr
+    );
+    let threads = fixture("rust-threads.wasm");
+    let run = cli(&["-W", "max-wasm-stack=0x100000", threads.to_str().unwrap()]);
+    assert_exit(&run, 0);
 }

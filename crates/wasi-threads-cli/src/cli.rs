@@ -54,7 +54,7 @@ pub struct Cli {
     #[arg(long = "env", value_name = "NAME[=VAL]", value_parser = parse_env)]
     pub env: Vec<(String, Option<String>)>,
 
-    /// The guest's argv[0] (default: MODULE as given).
+    /// The guest's `argv[0]` (default: MODULE as given).
     #[arg(long)]
     pub argv0: Option<String>,
 
@@ -128,7 +128,7 @@ impl Cli {
         self.module_and_args.first().map_or("", String::as_str)
     }
 
-    /// The guest's arguments after argv[0].
+    /// The guest's arguments after `argv[0]`.
     pub fn guest_args(&self) -> &[String] {
         self.module_and_args.get(1..).unwrap_or(&[])
     }

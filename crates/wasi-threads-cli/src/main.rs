@@ -81,11 +81,9 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     if let Some(profile) = options.profile {
         config.profiler(profile);
     }
-    if options.max_memory_size.is_some() {
-        wasmtime::bail!("-W max-memory-size: not supported yet");
-    }
-    if options.max_wasm_stack.is_some() {
-        wasmtime::bail!("-W max-wasm-stack: not supported yet");
+    if let Some(bytes) = options.max_wasm_stack {
+        // `Runner::max_wasm_stack` requires an engine of our own to agree.
+        config.max_wasm_stack(bytes);
     }
     let engine = wasmtime::Engine::new(&config)?;
     let argv0 = cli
@@ -121,6 +119,12 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     }
     for (host, guest) in cli.dirs {
         runner = runner.preopened_dir(host, guest);
+    }
+    if let Some(bytes) = options.max_memory_size {
+        runner = runner.max_memory(bytes);
+    }
+    if let Some(bytes) = options.max_wasm_stack {
+        runner = runner.max_wasm_stack(bytes);
     }
     if let Some(limit) = cli.timeout.or(options.timeout) {
         runner = runner.timeout(limit);
