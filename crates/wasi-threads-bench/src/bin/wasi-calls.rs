@@ -13,7 +13,6 @@
 //! feature were off (`wasmtime::error::disable_backtrace`), to compare the
 //! two in one build.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use wasi_threads_host::{Outcome, Runner, compile};
