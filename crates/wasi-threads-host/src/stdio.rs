@@ -22,7 +22,7 @@
 //! std's stdout lock, or the embedder's own `print!`/`flush` would hang with
 //! it.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -248,7 +248,7 @@ impl SharedOutput {
             // duration of the call; the descriptor is the process's own.
             let n = unsafe { libc::pwritev2(self.inner.direct_fd, &iov, 1, -1, flags) };
             if n >= 0 {
-                let _ = bytes.split_to(n as usize);
+                bytes.advance(n as usize);
                 continue;
             }
             let error = std::io::Error::last_os_error();
@@ -259,13 +259,13 @@ impl SharedOutput {
                     self.inner.direct.store(DIRECT_NEVER, Ordering::Relaxed);
                     break;
                 }
-                _ => {
+                raw => {
                     state.error = Some(error.kind());
-                    state.raw_error = error.raw_os_error();
-                    return Err(state.failed().unwrap_or(WriteFailed {
+                    state.raw_error = raw;
+                    return Err(WriteFailed {
                         kind: error.kind(),
-                        raw: None,
-                    }));
+                        raw,
+                    });
                 }
             }
         }

@@ -9,11 +9,7 @@
 //!
 //! `RUST_BACKTRACE` is passed on to every runner as set, so running this
 //! with and without `RUST_BACKTRACE=1` shows what the variable costs.
-//! `--no-error-backtraces` makes ours run as if Wasmtime's `backtrace`
-//! feature were off (`wasmtime::error::disable_backtrace`), to compare the
-//! two in one build.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use wasi_threads_host::{Outcome, Runner, compile};
@@ -136,13 +132,7 @@ impl Runners {
 }
 
 fn main() {
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    let no_error_backtraces = argv.iter().any(|a| a == "--no-error-backtraces");
-    argv.retain(|a| a != "--no-error-backtraces");
-    if no_error_backtraces {
-        wasmtime::error::disable_backtrace();
-    }
-    let mut argv = argv.into_iter();
+    let mut argv = std::env::args().skip(1);
     let rounds: usize = argv
         .next()
         .map(|r| r.parse().expect("ROUNDS is a number"))
@@ -166,13 +156,8 @@ fn main() {
     };
 
     println!(
-        "RUST_BACKTRACE={}{}  rounds={rounds} (medians, ns per call; ratios in the same run)",
-        std::env::var("RUST_BACKTRACE").unwrap_or_else(|_| "unset".into()),
-        if no_error_backtraces {
-            "  (error backtraces disabled)"
-        } else {
-            ""
-        }
+        "RUST_BACKTRACE={}  rounds={rounds} (medians, ns per call; ratios in the same run)",
+        std::env::var("RUST_BACKTRACE").unwrap_or_else(|_| "unset".into())
     );
     println!(
         "{:<40} {:>11} {:>11} {:>11} {:>8} {:>8}",
