@@ -5,7 +5,7 @@ mod options;
 
 use clap::error::ErrorKind;
 use std::process::ExitCode;
-use wasi_threads_host::{Outcome, Runner, SharedStdin};
+use wasi_threads_host::{Outcome, Runner};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -47,12 +47,10 @@ fn main() -> ExitCode {
             1
         }
     };
-    // No explicit `stdout().flush()` here: a guest thread that was detached
-    // while blocked writing to a full stdout pipe still holds std's stdout
-    // lock, and flushing would wait for it forever. `process::exit` flushes
-    // stdout's buffer only if the lock is free (std's shutdown uses
-    // `try_lock`), and stderr is unbuffered. Exit codes outside 0..=255 are
-    // truncated by the OS, as with wasmtime.
+    // `process::exit` rather than returning: it does not wait for threads
+    // the run had to abandon. Guest output never goes through std's stdout
+    // (see `run`), so nothing is left in its buffer. Exit codes outside
+    // 0..=255 are truncated by the OS, as with wasmtime.
     std::process::exit(status)
 }
 
@@ -82,25 +80,20 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
         config.profiler(profile);
     }
     if let Some(bytes) = options.max_wasm_stack {
-        // `Runner::max_wasm_stack` requires an engine of our own to agree.
-        config.max_wasm_stack(bytes);
+        // `Runner::max_wasm_stack` requires an engine of our own to agree;
+        // Wasmtime refuses a wasm stack larger than the async stack.
+        config.max_wasm_stack(bytes).async_stack_size(bytes.max(2 << 20));
     }
     let engine = wasmtime::Engine::new(&config)?;
     let argv0 = cli
         .argv0
         .clone()
         .unwrap_or_else(|| cli.module().to_string());
-    // Stdio as `Runner`'s default `inherit_stdio(true)` sets it up, minus the
-    // blocking `stdout().flush()` it does after the run: a guest thread that
-    // was detached while blocked writing to a full stdout pipe holds std's
-    // stdout lock, and that flush would wait for it forever.
-    // `process::exit` in `main` flushes instead, if the lock is free.
+    // Stdio is `Runner`'s default: stdout and stderr through `SharedOutput`,
+    // which never takes std's stdout lock, so a guest thread stuck writing to
+    // a full pipe can neither stall the others nor keep this process from
+    // exiting once the outcome is reported.
     let mut runner = Runner::new()
-        .inherit_stdio(false)
-        .stdin(SharedStdin::inherit())
-        .configure_wasi(|wasi| {
-            wasi.inherit_stdout().inherit_stderr();
-        })
         .engine(engine)
         .arg(argv0)
         .args(cli.guest_args().iter().cloned())
