@@ -6,6 +6,7 @@ mod options;
 use clap::error::ErrorKind;
 use std::process::ExitCode;
 use wasi_threads_host::{Outcome, Runner};
+use wasmtime::error::Context as _;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -94,7 +95,7 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     // a full pipe can neither stall the others nor keep this process from
     // exiting once the outcome is reported.
     let mut runner = Runner::new()
-        .engine(engine)
+        .engine(engine.clone())
         .arg(argv0)
         .args(cli.guest_args().iter().cloned())
         .max_threads(cli.max_threads)
@@ -122,7 +123,29 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     if let Some(limit) = cli.timeout.or(options.timeout) {
         runner = runner.timeout(limit);
     }
-    runner.run_file(&cli.module_and_args[0])
+    let path = std::path::Path::new(&cli.module_and_args[0]);
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // A cached run skips the module rewrite as well as compilation: for a
+    // large module (ripgrep: 20 MB) the rewrite is most of startup.
+    let guest = match module_cache_dir().filter(|_| !cli.no_cache) {
+        Some(dir) => wasi_threads_host::compile_guest_cached(&engine, &bytes, &dir),
+        None => wasi_threads_host::compile_guest(&engine, &bytes),
+    }
+    .with_context(|| format!("cannot run {}", path.display()))?;
+    runner
+        .run_guest(&guest)
+        .with_context(|| format!("cannot run {}", path.display()))
+}
+
+/// Where compiled, rewritten modules are kept between runs: the user's
+/// cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), as Wasmtime keeps
+/// its own.
+fn module_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(base.join("wasi-threads").join("modules"))
 }
 
 /// `--help` and `--version` print and succeed; any other parse error is one
