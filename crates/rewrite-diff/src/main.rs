@@ -46,6 +46,7 @@ struct Tally {
     same: u64,
     inconclusive: u64,
     not_applicable: u64,
+    refused: u64,
     steps: u64,
     bugs: u64,
     dropped: u64,
@@ -56,13 +57,14 @@ impl Tally {
         let secs = elapsed.as_secs_f64();
         format!(
             "{:.0}s: {} modules ({:.1}/s): {} compared to the end, {} inconclusive (fuel/stack), \
-             {} not rewritten; {} steps compared; {} bugs; {} generated modules dropped (GC types)",
+             {} not rewritten, {} refused (unstoppable waits); {} steps compared; {} bugs; {} generated modules dropped (GC types)",
             secs,
             self.modules,
             self.modules as f64 / secs.max(1e-9),
             self.same,
             self.inconclusive,
             self.not_applicable,
+            self.refused,
             self.steps,
             self.bugs,
             self.dropped
@@ -125,6 +127,10 @@ fn main() {
             }
             Ok(Ok(Verdict::NotApplicable)) => {
                 tally.not_applicable += 1;
+                None
+            }
+            Ok(Ok(Verdict::Refused)) => {
+                tally.refused += 1;
                 None
             }
             Ok(Err(bug)) => Some(bug.0),

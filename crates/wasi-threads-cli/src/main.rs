@@ -83,7 +83,9 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     if let Some(bytes) = options.max_wasm_stack {
         // `Runner::max_wasm_stack` requires an engine of our own to agree;
         // Wasmtime refuses a wasm stack larger than the async stack.
-        config.max_wasm_stack(bytes).async_stack_size(bytes.max(2 << 20));
+        config
+            .max_wasm_stack(bytes)
+            .async_stack_size(bytes.max(2 << 20));
     }
     let engine = wasmtime::Engine::new(&config)?;
     let argv0 = cli

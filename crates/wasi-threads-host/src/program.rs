@@ -2,10 +2,10 @@
 //! memory, `thread-spawn` and the program's [lifecycle](crate::lifecycle)
 //! together for an embedder's own `Linker` and store data.
 
-use crate::rewrite::{GuestModule, OffsetMap};
 use crate::lifecycle::{Cause, Lifecycle};
 use crate::memory::{self, ImportedMemory, MemoryPlan};
 use crate::pool::WorkerPool;
+use crate::rewrite::{GuestModule, OffsetMap};
 use crate::spawn::{self, Entry, Shared, StoreSetup};
 use crate::stop::StopSignal;
 use crate::supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent};
@@ -204,8 +204,17 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     /// to run with `config`. Trap backtraces then give the code offsets of
     /// the module the user built (which `wasm-tools addr2line` or
     /// `llvm-symbolizer` understand), not those of the host's rewrite.
-    pub fn with_guest(engine: &Engine, guest: &GuestModule, config: ThreadsConfig<T>) -> Result<Self> {
-        Self::prepare(engine, guest.module(), Some(guest.offsets().clone()), config)
+    pub fn with_guest(
+        engine: &Engine,
+        guest: &GuestModule,
+        config: ThreadsConfig<T>,
+    ) -> Result<Self> {
+        Self::prepare(
+            engine,
+            guest.module(),
+            Some(guest.offsets().clone()),
+            config,
+        )
     }
 
     fn prepare(

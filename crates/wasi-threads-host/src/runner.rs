@@ -1,10 +1,10 @@
 //! [`Runner`]: the common case in a few lines — a module, its WASI setup,
 //! and the [`Outcome`].
 
-use crate::rewrite::GuestModule;
 use crate::program::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
+use crate::rewrite::GuestModule;
 use crate::stdin::SharedStdin;
 use crate::stdio::SharedOutput;
 use crate::supervisor::{CancelHandle, Outcome};

@@ -2,9 +2,9 @@
 //! thread — the main thread and every spawned one — runs from start to end
 //! ([`Shared::guest_thread`]).
 
-use crate::rewrite::OffsetMap;
 use crate::lifecycle::{Cause, Lifecycle};
 use crate::pool::{Finishing, Job, WorkerPool};
+use crate::rewrite::OffsetMap;
 use crate::stop::{StopSignal, Stopped};
 use crate::supervisor::{ThreadEvent, ThreadExit, TrapInfo};
 use crate::tid::{AllocError, TidAllocator};

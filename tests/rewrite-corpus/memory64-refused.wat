@@ -1,5 +1,6 @@
-;; A shared 64-bit memory comes first; the rewrite routes the 32-bit one
-;; after it and leaves waits on the 64-bit one native.
+;; A shared 64-bit memory comes first and the module waits on it: the host
+;; can only interrupt waits on the imported 32-bit shared memory, so it
+;; refuses the module at load (a native wait there could never be stopped).
 (module
   (import "env" "memory0" (memory i64 1 2 shared))
   (import "env" "memory1" (memory 1 2 shared))
