@@ -69,7 +69,7 @@ struct Inner {
     /// The process descriptor the writing thread may write itself, and how
     /// (one of the `DIRECT_*` values; `NOWAIT` falls back to `NEVER` when
     /// the kernel does not support it for this descriptor).
-    direct_fd: libc::c_int,
+    direct_fd: i32,
     direct: AtomicU8,
 }
 
@@ -122,7 +122,21 @@ impl SharedOutput {
         Self::with_sink(Box::new(writer), false, -1, DIRECT_NEVER)
     }
 
-    fn process(fd: libc::c_int) -> Self {
+    #[cfg(not(unix))]
+    fn process(fd: i32) -> Self {
+        // No raw descriptors to write without std's lock: the pump writes
+        // through std's handles, the only writer of them in this process.
+        use std::io::IsTerminal as _;
+        let (sink, terminal): (Box<dyn Write + Send>, bool) = if fd == 1 {
+            (Box::new(std::io::stdout()), std::io::stdout().is_terminal())
+        } else {
+            (Box::new(std::io::stderr()), std::io::stderr().is_terminal())
+        };
+        Self::with_sink(sink, terminal, -1, DIRECT_NEVER)
+    }
+
+    #[cfg(unix)]
+    fn process(fd: i32) -> Self {
         // SAFETY: `isatty` and `fstat` only read the descriptor's state;
         // `st` is a valid, writable `stat`.
         let (terminal, direct) = unsafe {
@@ -135,7 +149,9 @@ impl SharedOutput {
                     libc::S_IFREG => DIRECT_ALWAYS,
                     // /dev/null
                     libc::S_IFCHR if st.st_rdev == libc::makedev(1, 3) => DIRECT_ALWAYS,
-                    libc::S_IFIFO | libc::S_IFSOCK => DIRECT_NOWAIT,
+                    // `RWF_NOWAIT` is Linux's; elsewhere only the pump
+                    // writes to a pipe or socket.
+                    libc::S_IFIFO | libc::S_IFSOCK if cfg!(target_os = "linux") => DIRECT_NOWAIT,
                     _ => DIRECT_NEVER,
                 }
             };
@@ -147,7 +163,7 @@ impl SharedOutput {
     fn with_sink(
         sink: Box<dyn Write + Send>,
         is_terminal: bool,
-        direct_fd: libc::c_int,
+        direct_fd: i32,
         direct: u8,
     ) -> Self {
         let inner = Arc::new(Inner {
@@ -234,19 +250,27 @@ impl SharedOutput {
         if mode == DIRECT_NEVER {
             return Ok(());
         }
+        #[cfg(not(unix))]
+        {
+            // Never reached: `process` only sets a direct mode on Unix.
+            let _ = (state, bytes);
+            Ok(())
+        }
+        #[cfg(unix)]
+        self.write_directly_unix(mode, state, bytes)
+    }
+
+    #[cfg(unix)]
+    fn write_directly_unix(
+        &self,
+        mode: u8,
+        state: &mut State,
+        bytes: &mut Bytes,
+    ) -> Result<(), WriteFailed> {
         while !bytes.is_empty() {
-            let iov = libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            };
-            let flags = if mode == DIRECT_NOWAIT {
-                libc::RWF_NOWAIT
-            } else {
-                0
-            };
-            // SAFETY: `iov` describes `bytes`, valid for reads for the
-            // duration of the call; the descriptor is the process's own.
-            let n = unsafe { libc::pwritev2(self.inner.direct_fd, &iov, 1, -1, flags) };
+            // SAFETY: `bytes` is valid for reads for the duration of the
+            // call; the descriptor is the process's own.
+            let n = unsafe { direct_write(self.inner.direct_fd, bytes, mode == DIRECT_NOWAIT) };
             if n >= 0 {
                 bytes.advance(n as usize);
                 continue;
@@ -387,10 +411,41 @@ fn pump(inner: Arc<Inner>, mut sink: Box<dyn Write + Send>) {
     }
 }
 
+/// Writes `buf` to `fd` once; with `nowait`, fails with `EAGAIN` instead of
+/// blocking (`RWF_NOWAIT`).
+///
+/// # Safety
+/// `fd` must be an open descriptor of the process.
+#[cfg(target_os = "linux")]
+unsafe fn direct_write(fd: i32, buf: &[u8], nowait: bool) -> isize {
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
+    // SAFETY: `iov` describes `buf`, valid for reads for the duration of the
+    // call; the caller guarantees `fd`.
+    unsafe { libc::pwritev2(fd, &iov, 1, -1, flags) }
+}
+
+/// Writes `buf` to `fd` once (`nowait` is never asked for off Linux).
+///
+/// # Safety
+/// `fd` must be an open descriptor of the process.
+#[cfg(all(unix, not(target_os = "linux")))]
+unsafe fn direct_write(fd: i32, buf: &[u8], _nowait: bool) -> isize {
+    let len = buf.len().min(isize::MAX as usize);
+    // SAFETY: `buf` is valid for reads of `len` bytes for the duration of
+    // the call; the caller guarantees `fd`.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), len) }
+}
+
 /// A process descriptor written with `write(2)` directly: no `std::io`
 /// lock is held while it blocks.
+#[cfg(unix)]
 struct RawFd(libc::c_int);
 
+#[cfg(unix)]
 impl Write for RawFd {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let len = buf.len().min(isize::MAX as usize);
