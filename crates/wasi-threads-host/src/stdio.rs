@@ -22,7 +22,9 @@
 //! std's stdout lock, or the embedder's own `print!`/`flush` would hang with
 //! it.
 
-use bytes::{Buf, Bytes};
+#[cfg(unix)]
+use bytes::Buf;
+use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -126,11 +128,16 @@ impl SharedOutput {
     fn process(fd: i32) -> Self {
         // No raw descriptors to write without std's lock: the pump writes
         // through std's handles, the only writer of them in this process.
-        use std::io::IsTerminal as _;
         let (sink, terminal): (Box<dyn Write + Send>, bool) = if fd == 1 {
-            (Box::new(std::io::stdout()), std::io::stdout().is_terminal())
+            (
+                Box::new(std::io::stdout()),
+                std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            )
         } else {
-            (Box::new(std::io::stderr()), std::io::stderr().is_terminal())
+            (
+                Box::new(std::io::stderr()),
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )
         };
         Self::with_sink(sink, terminal, -1, DIRECT_NEVER)
     }

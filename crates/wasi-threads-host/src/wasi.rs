@@ -333,21 +333,43 @@ fn gather(
 
 /// The errno for a failed write to a [`SharedOutput`].
 fn write_errno(failed: WriteFailed) -> types::Errno {
-    match failed.raw {
-        Some(libc::EPIPE) => types::Errno::Pipe,
-        Some(libc::EAGAIN) => types::Errno::Again,
-        Some(libc::ENOSPC) => types::Errno::Nospc,
-        Some(libc::EFBIG) => types::Errno::Fbig,
-        Some(libc::EDQUOT) => types::Errno::Dquot,
-        Some(libc::EBADF) => types::Errno::Badf,
-        Some(libc::EINTR) => types::Errno::Intr,
-        Some(libc::EINVAL) => types::Errno::Inval,
-        Some(libc::EPERM) => types::Errno::Perm,
-        Some(libc::EACCES) => types::Errno::Acces,
-        Some(libc::ECONNRESET) => types::Errno::Connreset,
-        _ if failed.kind == std::io::ErrorKind::BrokenPipe => types::Errno::Pipe,
+    #[cfg(unix)]
+    if let Some(errno) = failed.raw.and_then(unix_errno) {
+        return errno;
+    }
+    use std::io::ErrorKind;
+    match failed.kind {
+        ErrorKind::BrokenPipe => types::Errno::Pipe,
+        ErrorKind::WouldBlock => types::Errno::Again,
+        ErrorKind::StorageFull => types::Errno::Nospc,
+        ErrorKind::FileTooLarge => types::Errno::Fbig,
+        ErrorKind::QuotaExceeded => types::Errno::Dquot,
+        ErrorKind::Interrupted => types::Errno::Intr,
+        ErrorKind::InvalidInput => types::Errno::Inval,
+        ErrorKind::PermissionDenied => types::Errno::Acces,
+        ErrorKind::ConnectionReset => types::Errno::Connreset,
         _ => types::Errno::Io,
     }
+}
+
+/// The WASI errno for a Unix errno a write failed with, where they differ
+/// from what `std::io::ErrorKind` can tell apart.
+#[cfg(unix)]
+fn unix_errno(raw: i32) -> Option<types::Errno> {
+    Some(match raw {
+        libc::EPIPE => types::Errno::Pipe,
+        libc::EAGAIN => types::Errno::Again,
+        libc::ENOSPC => types::Errno::Nospc,
+        libc::EFBIG => types::Errno::Fbig,
+        libc::EDQUOT => types::Errno::Dquot,
+        libc::EBADF => types::Errno::Badf,
+        libc::EINTR => types::Errno::Intr,
+        libc::EINVAL => types::Errno::Inval,
+        libc::EPERM => types::Errno::Perm,
+        libc::EACCES => types::Errno::Acces,
+        libc::ECONNRESET => types::Errno::Connreset,
+        _ => return None,
+    })
 }
 
 /// Resolves with whichever of two futures finishes first.
