@@ -71,6 +71,7 @@ struct Inner {
     /// The process descriptor the writing thread may write itself, and how
     /// (one of the `DIRECT_*` values; `NOWAIT` falls back to `NEVER` when
     /// the kernel does not support it for this descriptor).
+    #[cfg_attr(not(unix), allow(dead_code))]
     direct_fd: i32,
     direct: AtomicU8,
 }
@@ -78,8 +79,10 @@ struct Inner {
 /// Only the pump writes.
 const DIRECT_NEVER: u8 = 0;
 /// Writes that would block fail with `EAGAIN` (`RWF_NOWAIT`).
+#[cfg_attr(not(unix), allow(dead_code))]
 const DIRECT_NOWAIT: u8 = 1;
 /// Writes never block for long: a regular file, `/dev/null`.
+#[cfg_attr(not(unix), allow(dead_code))]
 const DIRECT_ALWAYS: u8 = 2;
 
 struct State {
