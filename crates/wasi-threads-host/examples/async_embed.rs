@@ -13,7 +13,7 @@ use std::time::Duration;
 use wasi_threads_host::{Outcome, Runner};
 
 #[tokio::main]
-async fn main() -> wasmtime::Result<()> {
+async fn main() -> wasmtime::Result<std::process::ExitCode> {
     let mut args = std::env::args().skip(1);
     let (Some(path), limit) = (args.next(), args.next()) else {
         wasmtime::bail!("usage: async_embed MODULE [CANCEL_AFTER_MS]");
@@ -57,5 +57,6 @@ async fn main() -> wasmtime::Result<()> {
         Outcome::Cancelled => eprintln!("async_embed: cancelled, every guest thread joined"),
         other => eprintln!("async_embed: {other}"),
     }
-    std::process::exit(outcome.exit_status())
+    // The guest's status, truncated to 0..=255 as the OS would.
+    Ok(std::process::ExitCode::from(outcome.exit_status() as u8))
 }

@@ -13,7 +13,7 @@ struct State {
     wasi: SharedWasi,
 }
 
-fn main() -> wasmtime::Result<()> {
+fn main() -> wasmtime::Result<std::process::ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(path) = args.first() else {
         wasmtime::bail!("usage: embed MODULE [ARGS]");
@@ -51,5 +51,6 @@ fn main() -> wasmtime::Result<()> {
         Outcome::Trap { tid, trap } => eprintln!("embed: thread {tid} trapped: {}", trap.message),
         other => eprintln!("embed: {other}"),
     }
-    std::process::exit(outcome.exit_status())
+    // The guest's status, truncated to 0..=255 as the OS would.
+    Ok(std::process::ExitCode::from(outcome.exit_status() as u8))
 }
