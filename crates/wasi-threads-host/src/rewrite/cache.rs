@@ -18,6 +18,16 @@ use wasmtime::{Engine, Module, Result};
 /// Bumped whenever the rewrite's output changes for the same input.
 const REWRITE_VERSION: u32 = 1;
 
+/// The rewrite's own source, part of every key: a build whose rewrite
+/// differs in any way never loads what another build cached, even if
+/// nobody bumped [`REWRITE_VERSION`].
+const REWRITE_SOURCES: [&[u8]; 4] = [
+    include_bytes!("mod.rs"),
+    include_bytes!("offsets.rs"),
+    include_bytes!("dwarf.rs"),
+    include_bytes!("cache.rs"),
+];
+
 /// [`compile_guest`], with what it produces kept in `dir` (created if
 /// missing) and reused by later calls for the same module and engine
 /// settings.
@@ -51,6 +61,9 @@ fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
         .hash(&mut engine_hash);
     let mut hasher = Sha256::new();
     hasher.update(REWRITE_VERSION.to_le_bytes());
+    for source in REWRITE_SOURCES {
+        hasher.update(source);
+    }
     hasher.update(engine_hash.finish().to_le_bytes());
     hasher.update(bytes);
     hasher
