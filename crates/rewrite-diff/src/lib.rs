@@ -138,11 +138,68 @@ pub fn check(original: &[u8]) -> Result<Verdict, Bug> {
     compare(&before, &after)
 }
 
-/// Issue 9's offset map: every code offset of the original must map into
-/// the same instruction of the rewritten module and back. The rewrite has no
-/// offset map yet; when it does, assert the round trip here.
-fn offset_map_round_trip(_original: &[u8], _rewritten: &[u8]) -> Result<(), Bug> {
+/// The rewrite's offset map: every instruction of the original maps to the
+/// start of an instruction of the same kind in the rewritten module (a
+/// routed wait or notify to the `i32.const` that begins its host call), and
+/// back to itself.
+fn offset_map_round_trip(original: &[u8], rewritten: &[u8]) -> Result<(), Bug> {
+    let (again, map) = wasi_threads_host::rewrite_with_map(original)
+        .map_err(|e| Bug(format!("rewrite_with_map failed: {e:#}")))?
+        .ok_or_else(|| Bug("rewrite_with_map left alone a module rewrite changed".into()))?;
+    if again != rewritten {
+        return Err(Bug("the rewrite is not deterministic".into()));
+    }
+    let before = instructions(original).map_err(|e| Bug(format!("harness: {e}")))?;
+    let after: std::collections::HashMap<usize, String> = instructions(rewritten)
+        .map_err(|e| Bug(format!("harness: {e}")))?
+        .into_iter()
+        .collect();
+    for (offset, kind) in before {
+        let moved = map
+            .rewritten_offset(offset)
+            .ok_or_else(|| Bug(format!("{kind} at {offset:#x} has no rewritten offset")))?;
+        let routed = matches!(
+            kind.as_str(),
+            "MemoryAtomicWait32" | "MemoryAtomicWait64" | "MemoryAtomicNotify"
+        );
+        match after.get(&moved) {
+            Some(new) if *new == kind || (routed && new == "I32Const") => {}
+            other => {
+                return Err(Bug(format!(
+                    "{kind} at {offset:#x} maps to {moved:#x}, which is {other:?}"
+                )));
+            }
+        }
+        if map.original_offset(moved) != Some(offset) {
+            return Err(Bug(format!(
+                "{kind} at {offset:#x} maps to {moved:#x}, which maps back to {:?}",
+                map.original_offset(moved)
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Every instruction of every function body: its offset in the module and
+/// its kind (the operator's name).
+fn instructions(bytes: &[u8]) -> wasmparser::Result<Vec<(usize, String)>> {
+    let mut out = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        if let Payload::CodeSectionEntry(body) = payload? {
+            let mut ops = body.get_operators_reader()?;
+            while !ops.eof() {
+                let (op, offset) = ops.read_with_offset()?;
+                let name = format!("{op:?}");
+                let kind = name
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                out.push((offset, kind));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn compare(before: &Observation, after: &Observation) -> Result<Verdict, Bug> {

@@ -54,7 +54,7 @@ pub use program::{
 pub use rewrite::{GuestModule, OffsetMap, compile, compile_guest, compile_guest_cached};
 // For the differential fuzzer (crates/rewrite-diff); not part of the API.
 #[doc(hidden)]
-pub use rewrite::rewrite;
+pub use rewrite::{rewrite, rewrite_with_map};
 pub use runner::Runner;
 pub use spawn::{EAGAIN, ENOSYS};
 pub use stdin::SharedStdin;
