@@ -83,7 +83,7 @@ const ESCAPE: &str = r#"(module
 
 #[test]
 fn a_forged_reserved_import_is_refused() {
-    assert_refused(ESCAPE, "some but not all of the host's reserved");
+    assert_refused(ESCAPE, "only some of its wait and notify functions");
 }
 
 #[test]
@@ -103,8 +103,9 @@ fn unknown_names_from_the_reserved_module_are_refused() {
     );
 }
 
-/// All three reserved imports, exactly as the rewrite adds them, next to
-/// native waits: not something this host produced.
+/// All three reserved wait and notify imports, exactly as the rewrite adds
+/// them, next to native waits and without the stop flag: not something this
+/// host produced.
 #[test]
 fn reserved_imports_with_native_waits_are_refused() {
     let wat = r#"(module
@@ -115,7 +116,7 @@ fn reserved_imports_with_native_waits_are_refused() {
       (export "memory" (memory 0))
       (func (export "_start")
         (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))"#;
-    assert_refused(wat, "yet still waits or notifies natively");
+    assert_refused(wat, "not both its stop flag");
 }
 
 /// A module that calls the host's wait directly, as a rewritten one does,
@@ -130,13 +131,17 @@ fn a_module_shaped_like_our_output_is_still_supervised() {
       (import "wasi-threads-host" "memory.atomic.wait32" (func $wait (param i32 i32 i64 i32) (result i32)))
       (import "wasi-threads-host" "memory.atomic.wait64" (func (param i32 i64 i64 i32) (result i32)))
       (import "wasi-threads-host" "memory.atomic.notify" (func (param i32 i32 i32) (result i32)))
+      (import "wasi-threads-host" "stopped" (func $stopped))
+      (import "wasi-threads-host" "stop-flag" (memory $flag 1 1 shared))
       (export "memory" (memory 0))
       (func (export "wasi_thread_start") (param i32 i32)
         (i32.atomic.store (i32.const 4) (i32.const 1))
         (drop (call $wait (i32.const 0) (i32.const 0) (i64.const -1) (i32.const 0))))
       (func (export "_start")
+        (if (i32.atomic.load $flag (i32.const 0)) (then (call $stopped)))
         (drop (call $spawn (i32.const 0)))
         (block $parked (loop $spin
+          (if (i32.atomic.load $flag (i32.const 0)) (then (call $stopped)))
           (br_if $parked (i32.atomic.load (i32.const 4)))
           (br $spin)))
         (call $exit (i32.const 7))))"#;
@@ -293,18 +298,24 @@ fn spawn_failures_exit_cleanly_without_a_memory_export() {
     }
 }
 
-/// A module that already exports its shared memory as `memory` and has no
-/// waits needs no rewrite at all.
+/// A module that already exports its shared memory as `memory` keeps that
+/// export as it is: no second one is added.
 #[test]
 fn an_existing_memory_export_is_kept() {
     let wat = r#"(module
       (import "env" "memory" (memory 1 1 shared))
       (export "memory" (memory 0))
       (func (export "_start")))"#;
-    assert!(
-        wasi_threads_host::rewrite(wat.as_bytes())
-            .unwrap()
-            .is_none(),
-        "nothing to add"
-    );
+    let out = wasi_threads_host::rewrite(wat.as_bytes())
+        .unwrap()
+        .expect("the stop checks are added");
+    let exports: Vec<String> = wasmparser::Parser::new(0)
+        .parse_all(&out)
+        .filter_map(|p| match p.unwrap() {
+            wasmparser::Payload::ExportSection(r) => Some(r),
+            _ => None,
+        })
+        .flat_map(|r| r.into_iter().map(|e| e.unwrap().name.to_string()))
+        .collect();
+    assert_eq!(exports, ["memory", "_start"]);
 }

@@ -238,9 +238,14 @@ fn backtraces_are_formatted_in_the_original_offsets() {
     assert!(!guest.offsets().is_identity());
 
     let mut store = Store::new(&engine, ());
-    // The engine interrupts through epochs; nobody ticks this one.
-    store.set_epoch_deadline(1);
     let mut linker = Linker::new(&engine);
+    let flag = wasmtime::SharedMemory::new(&engine, wasmtime::MemoryType::shared(1, 1)).unwrap();
+    linker
+        .define(&store, "wasi-threads-host", "stop-flag", flag)
+        .unwrap();
+    linker
+        .func_wrap("wasi-threads-host", "stopped", || {})
+        .unwrap();
     let memory = wasmtime::SharedMemory::new(&engine, wasmtime::MemoryType::shared(1, 1)).unwrap();
     linker.define(&store, "env", "memory", memory).unwrap();
     linker

@@ -369,12 +369,16 @@ fn missing_entry_point_makes_spawn_fail_not_abort() {
     );
 }
 
-/// The supervisor stops running threads with one epoch tick; another store
-/// on the same engine, with a deadline of its own further out, must not
-/// notice.
+/// The host does not use epochs: an embedder that does, on the same
+/// engine, keeps its deadlines to itself. Its own store counts on under a
+/// deadline of its own while programs end around it (the old host ticked the
+/// epoch at every end), and the programs' stores get the embedder's epoch
+/// setup and nothing else.
 #[test]
-fn other_stores_on_a_shared_engine_are_not_disturbed() {
-    let engine = engine();
+fn an_embedders_epochs_are_its_own() {
+    let mut config = engine_config();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).unwrap();
     let other = wasmtime::Module::new(
         &engine,
         r#"(module (func (export "count") (param $n i32) (result i32)
@@ -388,7 +392,7 @@ fn other_stores_on_a_shared_engine_are_not_disturbed() {
     let other_engine = engine.clone();
     let counter = std::thread::spawn(move || {
         let mut store = wasmtime::Store::new(&other_engine, ());
-        store.set_epoch_deadline(1_000);
+        store.set_epoch_deadline(1);
         store.epoch_deadline_trap();
         let instance = wasmtime::Instance::new(&mut store, &other, &[]).unwrap();
         let count = instance
@@ -396,10 +400,14 @@ fn other_stores_on_a_shared_engine_are_not_disturbed() {
             .unwrap();
         count.call(&mut store, 400_000_000)
     });
-    // Several programs end (each ticks the epoch once) while it counts.
     let module = compile(&engine, RECORDING_GUEST.as_bytes()).unwrap();
     for _ in 0..5 {
-        let threads = WasiThreads::new(&engine, &module).unwrap();
+        let config = wasi_threads_host::ThreadsConfig::new().store_setup(|store| {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_trap();
+            Ok(())
+        });
+        let threads = WasiThreads::with_config(&engine, &module, config).unwrap();
         let outcome = run_recording_guest(&engine, threads, Default::default(), |_, _, _| {});
         assert_eq!(
             outcome,
@@ -410,4 +418,27 @@ fn other_stores_on_a_shared_engine_are_not_disturbed() {
         );
     }
     assert_eq!(counter.join().unwrap().unwrap(), 400_000_000);
+    // And the embedder's own tick reaches a program's threads as its own
+    // setup says: here, a trap.
+    let config = wasi_threads_host::ThreadsConfig::new().store_setup(|store| {
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_trap();
+        Ok(())
+    });
+    let spin = compile(
+        &engine,
+        br#"(module (func (export "_start") (loop $l (br $l))))"#,
+    )
+    .unwrap();
+    let threads = WasiThreads::with_config(&engine, &spin, config).unwrap();
+    let ticker = engine.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ticker.increment_epoch();
+    });
+    let outcome = run_recording_guest(&engine, threads, Default::default(), |_, _, _| {});
+    assert!(
+        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("interrupt")),
+        "{outcome:?}"
+    );
 }

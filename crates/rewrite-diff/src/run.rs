@@ -14,6 +14,7 @@ const HOST_MODULE: &str = "wasi-threads-host";
 const WAIT32: &str = "memory.atomic.wait32";
 const WAIT64: &str = "memory.atomic.wait64";
 const NOTIFY: &str = "memory.atomic.notify";
+const STOPPED: &str = "stopped";
 
 /// Fuel for instantiation (the start function) and for each call.
 const FUEL: u64 = 20_000;
@@ -242,7 +243,7 @@ pub struct Host {
 fn wait_memory(module: &Module) -> Option<usize> {
     module
         .imports()
-        .filter(|i| matches!(i.ty(), ExternType::Memory(_)))
+        .filter(|i| i.module() != HOST_MODULE && matches!(i.ty(), ExternType::Memory(_)))
         .position(|i| match i.ty() {
             ExternType::Memory(m) => m.is_shared() && !m.is_64(),
             _ => false,
@@ -348,6 +349,17 @@ pub fn observe(module: &Module) -> Result<Observation, String> {
     for import in module.imports() {
         let (module_name, name) = (import.module(), import.name());
         let ext: Extern = match import.ty() {
+            // The rewrite's stop flag: never raised here, and not part of
+            // what is compared (the original has no such memory).
+            ExternType::Memory(ty) if module_name == HOST_MODULE => SharedMemory::new(engine, ty)
+                .map_err(|e| e.to_string())?
+                .into(),
+            ExternType::Func(_) if module_name == HOST_MODULE && name == STOPPED => {
+                Func::wrap(&mut store, || -> wasmtime::Result<()> {
+                    Err(wasmtime::format_err!("the stop flag is never raised here"))
+                })
+                .into()
+            }
             ExternType::Memory(ty) => {
                 if ty.is_shared() {
                     let m = SharedMemory::new(engine, ty).map_err(|e| e.to_string())?;

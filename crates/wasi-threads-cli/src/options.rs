@@ -37,7 +37,6 @@ pub struct Options {
 pub enum Feature {
     Simd,
     RelaxedSimd,
-    MultiMemory,
     MultiValue,
     TailCall,
     Memory64,
@@ -51,7 +50,6 @@ impl Feature {
         Some(match key {
             "simd" => Feature::Simd,
             "relaxed-simd" => Feature::RelaxedSimd,
-            "multi-memory" => Feature::MultiMemory,
             "multi-value" => Feature::MultiValue,
             "tail-call" => Feature::TailCall,
             "memory64" => Feature::Memory64,
@@ -67,7 +65,6 @@ impl Feature {
         match self {
             Feature::Simd => config.wasm_simd(enable),
             Feature::RelaxedSimd => config.wasm_relaxed_simd(enable),
-            Feature::MultiMemory => config.wasm_multi_memory(enable),
             Feature::MultiValue => config.wasm_multi_value(enable),
             Feature::TailCall => config.wasm_tail_call(enable),
             Feature::Memory64 => config.wasm_memory64(enable),
@@ -80,21 +77,23 @@ impl Feature {
 
 /// Keys a wasi-threads host cannot run without: accepted when on, refused
 /// when switched off.
-const REQUIRED_WASM: &[&str] = &[
-    "threads",
-    "shared-memory",
-    "bulk-memory",
-    "epoch-interruption",
-];
+/// (`multi-memory`: the stop flag the host adds to every module is a memory
+/// of its own.)
+const REQUIRED_WASM: &[&str] = &["threads", "shared-memory", "bulk-memory", "multi-memory"];
+
+/// Keys `wasmtime run` has that change nothing here: accepted either way.
+/// (`epoch-interruption`: the host stops threads without epochs.)
+const IGNORED_WASM: &[&str] = &["epoch-interruption"];
 
 /// The `-W` keys we understand, for `-W help`.
 pub const WASM_HELP: &str = "\
 Available -W / --wasm options:
-  -W threads, shared-memory, bulk-memory, epoch-interruption   always on (=n is refused)
+  -W threads, shared-memory, bulk-memory, multi-memory   always on (=n is refused)
+  -W epoch-interruption[=y|n]   accepted: threads are stopped without epochs
   -W timeout=N|Ns|Nms|..     stop the program after this long (exit 124)
   -W max-memory-size=N       most bytes of linear memory
   -W max-wasm-stack=N        most bytes of wasm stack per thread
-  -W simd, relaxed-simd, multi-memory, multi-value, tail-call, memory64,
+  -W simd, relaxed-simd, multi-value, tail-call, memory64,
      extended-const, wide-arithmetic, custom-page-sizes[=y|n]   switch a Wasm proposal";
 
 /// The `-S` keys we understand, for `-S help`.
@@ -118,6 +117,10 @@ impl Options {
             let flag = || format!("-W {key}");
             if REQUIRED_WASM.contains(&key) {
                 required(&flag(), val)?;
+                continue;
+            }
+            if IGNORED_WASM.contains(&key) {
+                boolean(&flag(), val)?;
                 continue;
             }
             if let Some(feature) = Feature::from_key(key) {
@@ -198,6 +201,7 @@ impl Options {
                 if !enable {
                     return Err(format!("{flag}: wasi-threads cannot run without it"));
                 }
+            } else if IGNORED_WASM.contains(&key) {
             } else if let Some(feature) = Feature::from_key(key) {
                 self.features.push((feature, enable));
             } else {

@@ -19,7 +19,7 @@ fn main() -> wasmtime::Result<std::process::ExitCode> {
         wasmtime::bail!("usage: embed MODULE [ARGS]");
     };
 
-    let engine = Engine::new(&engine_config())?; // threads, shared memory, epochs
+    let engine = Engine::new(&engine_config())?; // threads, shared memory, multi-memory
     let module = compile(&engine, &std::fs::read(path)?)?; // routes atomic waits through the host
     let mut threads = WasiThreads::new(&engine, &module)?;
     let events = threads.events(); // spawned / exited, per TID

@@ -20,10 +20,13 @@
 //!
 //! # Engine configuration
 //!
-//! The engine needs threads, shared memory and epoch interruption (the
-//! supervisor stops running threads with one epoch tick); [`engine_config`]
-//! returns such a configuration. Stores of other programs on the same engine
-//! only see an epoch tick when a program ends.
+//! The engine needs threads and shared memory; [`engine_config`] returns
+//! such a configuration. Modules must be compiled with [`compile`] (or
+//! [`compile_guest`], [`compile_guest_cached`]), which adds the checks
+//! through which a stop reaches running threads (see `src/interrupt.rs`):
+//! the host does not use epoch interruption, so an embedder's epochs and
+//! deadlines are its own, and a program's stop costs other programs on the
+//! same engine nothing.
 
 #![warn(missing_docs)]
 
@@ -31,6 +34,7 @@
 #[cfg(not(any(feature = "cranelift", feature = "winch")))]
 compile_error!("wasi-threads-host needs a compiler: enable its `cranelift` or `winch` feature");
 
+mod interrupt;
 mod lifecycle;
 mod memory;
 mod pool;

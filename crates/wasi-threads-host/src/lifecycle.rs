@@ -61,8 +61,8 @@ pub struct Closed;
 pub struct Lifecycle {
     state: Mutex<State>,
     changed: Condvar,
-    /// Makes the end visible to every thread (stop flag, TID allocator,
-    /// parking lot, epoch tick). Must be idempotent and cheap to repeat.
+    /// Makes the end visible to every thread (TID allocator, stop signal,
+    /// parking lot, stop flag). Must be idempotent and cheap to repeat.
     fan_out: Box<dyn Fn() + Send + Sync>,
 }
 

@@ -77,6 +77,10 @@ pub(crate) fn plan(module: &Module, spawns_threads: bool) -> Result<MemoryPlan> 
         let ExternType::Memory(ty) = import.ty() else {
             continue;
         };
+        // The stop flag: the host's own memory, not the program's.
+        if import.module() == crate::rewrite::HOST_MODULE {
+            continue;
+        }
         let what = format!("memory import `{}.{}`", import.module(), import.name());
         if imported.is_some() {
             bail!("{what}: the module imports more than one memory; wasi-threads supports one");

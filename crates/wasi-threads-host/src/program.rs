@@ -2,6 +2,7 @@
 //! memory, `thread-spawn` and the program's [lifecycle](crate::lifecycle)
 //! together for an embedder's own `Linker` and store data.
 
+use crate::interrupt::StopFlag;
 use crate::lifecycle::{Cause, Lifecycle};
 use crate::memory::{self, ImportedMemory, MemoryPlan};
 use crate::pool::WorkerPool;
@@ -130,9 +131,9 @@ impl<T: 'static> ThreadsConfig<T> {
     }
 
     /// Setup run on every store of the program, the main thread's and every
-    /// spawned thread's: resource limiters, fuel and the like. The epoch
-    /// deadline is the host's own (it is how running threads are stopped), so
-    /// whatever `setup` does to it is overridden.
+    /// spawned thread's: resource limiters, fuel, epoch deadlines and the
+    /// like. The host uses none of these itself, so what `setup` does is
+    /// exactly what every store gets.
     pub fn store_setup(
         mut self,
         setup: impl Fn(&mut Store<T>) -> Result<()> + Send + Sync + 'static,
@@ -142,14 +143,17 @@ impl<T: 'static> ThreadsConfig<T> {
     }
 }
 
-/// A wasm engine configuration fit for wasi-threads: threads and shared
-/// memory on, and epoch interruption, through which the supervisor stops
-/// running threads.
+/// A wasm engine configuration fit for wasi-threads: threads, shared
+/// memory and multi-memory on. Nothing else is needed: running threads are stopped through
+/// the checks [`compile`](crate::compile) adds, not through epochs, so
+/// epoch interruption is the embedder's to use (or leave off, as here:
+/// it costs compute on every call and loop).
 pub fn engine_config() -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.wasm_threads(true);
     config.shared_memory(true);
-    config.epoch_interruption(true);
+    // On by default; needed: the stop flag is a memory of its own.
+    config.wasm_multi_memory(true);
     config
 }
 
@@ -165,7 +169,7 @@ pub fn engine_config() -> wasmtime::Config {
 ///
 /// # fn main() -> wasmtime::Result<()> {
 /// let engine = Engine::new(&engine_config())?;
-/// let module = Module::from_file(&engine, "app.wasm")?;
+/// let module = wasi_threads_host::compile(&engine, &std::fs::read("app.wasm")?)?;
 /// let threads = WasiThreads::new(&engine, &module)?;
 /// let wasi = SharedWasi::new(WasiCtxBuilder::new().inherit_stdio().build_p1(), &threads);
 /// let store = threads.new_store(State { wasi })?;
@@ -234,6 +238,13 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
                 HOST_STACK_RESERVE >> 10
             );
         }
+        if !crate::rewrite::is_prepared(module) {
+            bail!(
+                "the module was not compiled with `wasi_threads_host::compile` (or \
+                 `compile_guest`), which adds the checks through which its threads are stopped; \
+                 compile it with that instead of `Module::new`"
+            );
+        }
         let mut spawn_imports = module
             .imports()
             .filter(|i| i.module() == "wasi" && i.name() == "thread-spawn");
@@ -268,22 +279,25 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             log::warn!("{why}: every thread-spawn will fail");
         }
         let stop = StopSignal::new();
+        let stop_flag = Arc::new(StopFlag::new(engine)?);
         let parking = Arc::new(ParkingLot::new(stop.clone()));
         let tids = Arc::new(TidAllocator::new(config.max_threads));
         let lifecycle = {
-            let (engine, stop, parking, tids) =
-                (engine.clone(), stop.clone(), parking.clone(), tids.clone());
+            let (stop, stop_flag, parking, tids) = (
+                stop.clone(),
+                stop_flag.clone(),
+                parking.clone(),
+                tids.clone(),
+            );
             // The stop fan-out, in the order threads look: the TID allocator
-            // (spawns waiting at the limit), the flag (sleepers, futures, the
-            // epoch callback), parked waiters, then running wasm: every
-            // program store has an epoch deadline one tick ahead, so a
-            // single tick sends each running thread into its deadline
-            // callback, which sees the flag and unwinds.
+            // (spawns waiting at the limit), the signal (sleepers, futures),
+            // parked waiters, then running wasm, whose next check of the
+            // flag unwinds it.
             Arc::new(Lifecycle::new(move || {
                 tids.close();
                 stop.trigger();
                 parking.wake_all();
-                engine.increment_epoch();
+                stop_flag.raise();
             }))
         };
         let shared = Arc::new(Shared {
@@ -294,6 +308,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             lifecycle,
             observer: parking_lot::Mutex::new(None),
             stop,
+            stop_flag,
             parking,
             entry_error,
             pool: WorkerPool::new(config.stack_size, config.keep_alive),
@@ -364,8 +379,9 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         store: impl AsContext<Data = T>,
     ) -> Result<()> {
         spawn::add_thread_spawn(linker, Arc::downgrade(&self.shared))?;
+        self.shared.stop_flag.add_to_linker(linker, &store)?;
         if let Some((import, memory)) = &self.memory {
-            linker.define(store, &import.module, &import.name, memory.clone())?;
+            linker.define(&store, &import.module, &import.name, memory.clone())?;
             if self
                 .shared
                 .module

@@ -2,6 +2,7 @@
 //! thread — the main thread and every spawned one — runs from start to end
 //! ([`Shared::guest_thread`]).
 
+use crate::interrupt::StopFlag;
 use crate::lifecycle::{Cause, Lifecycle};
 use crate::pool::{Finishing, Job, WorkerPool};
 use crate::rewrite::OffsetMap;
@@ -15,8 +16,8 @@ use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, OnceLock, Weak};
 use wasmtime::{
-    Caller, Engine, ExternType, InstancePre, Linker, Module, Result, Store, Trap, UpdateDeadline,
-    ValType, WasmBacktrace,
+    Caller, Engine, ExternType, InstancePre, Linker, Module, Result, Store, Trap, ValType,
+    WasmBacktrace,
 };
 
 /// WASI errno `EAGAIN`: a limit was hit; wasi-libc's `pthread_create` reports
@@ -41,6 +42,7 @@ pub(crate) struct Shared<T: 'static> {
     pub lifecycle: Arc<Lifecycle>,
     pub observer: Mutex<Option<Sender<ThreadEvent>>>,
     pub stop: StopSignal,
+    pub stop_flag: Arc<StopFlag>,
     pub parking: Arc<crate::wait::ParkingLot>,
     /// Why `wasi_thread_start` cannot be called, if it cannot.
     pub entry_error: Option<String>,
@@ -76,24 +78,14 @@ pub(crate) fn check_entry_point(module: &Module) -> Option<String> {
 }
 
 impl<T: Clone + Send + 'static> Shared<T> {
-    /// A store for one of this program's threads: the embedder's setup, then
-    /// the epoch deadline through which a stop reaches running wasm.
+    /// A store for one of this program's threads, with the embedder's
+    /// setup. Nothing of the host's is in it: a stop reaches running wasm
+    /// through the stop flag the instance imports.
     pub fn new_store(&self, data: T) -> Result<Store<T>> {
         let mut store = Store::new(&self.engine, data);
         if let Some(setup) = &self.store_setup {
             setup(&mut store)?;
         }
-        let stop = self.stop.clone();
-        store.epoch_deadline_callback(move |_| {
-            if stop.is_stopped() {
-                Err(Stopped.into())
-            } else {
-                Ok(UpdateDeadline::Continue(1))
-            }
-        });
-        store.set_epoch_deadline(1);
-        // The deadline is set; if the stop's epoch tick came before it, this
-        // check sees the stop instead.
         if self.stop.is_stopped() {
             return Err(Stopped.into());
         }

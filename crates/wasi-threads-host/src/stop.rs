@@ -5,7 +5,7 @@
 //! the one flag they all look at, and it knows how to wake each kind of
 //! sleeper: futures racing against it are woken through their wakers, and
 //! host code sleeping on it is woken through a condition variable. Running
-//! wasm is reached through epoch interruption, driven by the supervisor.
+//! wasm is reached through the stop flag ([`crate::interrupt`]).
 
 use parking_lot::{Condvar, Mutex};
 use std::fmt;

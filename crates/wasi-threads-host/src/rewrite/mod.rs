@@ -1,21 +1,41 @@
-//! The module rewrite: every `memory.atomic.wait32/64` and
-//! `memory.atomic.notify` on the shared memory becomes a call of a host
-//! function, and WASI gets the `memory` export it looks for.
+//! The module rewrite: how the host keeps every thread of a program within
+//! reach. Three things are added to every module it runs:
 //!
-//! A thread parked in a native `memory.atomic.wait` is out of everyone's
-//! reach: epoch interruption does not wake it, and `SharedMemory::atomic_notify`
-//! only wakes an address one already knows. Routing every wait and notify of
-//! the module through the host's own parking lot ([`crate::wait`]) lets the
-//! supervisor wake every parked thread at once, whatever address it waits on.
+//! - **Stop checks.** At the head of every loop, and at the entry of every
+//!   function that calls another wasm function, the thread reads the
+//!   program's stop flag (the first word of a one-page shared memory the
+//!   host owns, [`STOP_FLAG`]) and, once it is set, calls the host's
+//!   [`STOPPED`], which unwinds it. Between two checks a thread runs at
+//!   most straight-line code: a loop passes one every iteration, recursion
+//!   (direct, indirect, through tables or tail calls) one every call, and a
+//!   tree of calls one at every call of a non-leaf function, so the work
+//!   between checks is bounded by the code's size. Functions that call no
+//!   other wasm function (leaves) need no entry check; that, and a check
+//!   that is one atomic load and a predicted branch, is what makes the
+//!   checks cheaper than Wasmtime's epoch interruption, which checks at
+//!   every function entry and reloads its deadline after calls (see
+//!   [`crate::interrupt`]).
+//! - **Waits through the host.** Every `memory.atomic.wait32/64` and
+//!   `memory.atomic.notify` on the imported shared memory becomes a call of
+//!   a host function. A thread parked in a native `memory.atomic.wait` is
+//!   out of everyone's reach: nothing wakes it but a notify of its address.
+//!   Routing every wait and notify through the host's own parking lot
+//!   ([`crate::wait`]) lets the supervisor wake every parked thread at once,
+//!   whatever address it waits on.
+//! - **A `memory` export** for WASI, which finds the caller's memory by it.
+//!
 //! Supervision must not be something a guest can opt out of, so the rewrite
 //! decides from the module's code, never from what it claims about itself
 //! (see [`plan`]).
 //!
-//! Each instruction becomes `i32.const <memarg offset>; call <host function>`:
+//! A rewritten wait becomes `i32.const <memarg offset>; call <host function>`:
 //! the operands already on the stack stay where they are and the offset
-//! travels as one more argument, so no locals are needed and every other part
-//! of the module is re-encoded unchanged apart from function indices, which
-//! shift by the three imports added after the module's own function imports.
+//! travels as one more argument, so no locals are needed. A check is
+//! `i32.const 0; i32.atomic.load <flag>; if; call <stopped>; end`, which
+//! leaves the stack as it was. Every other part of the module is re-encoded
+//! unchanged apart from function indices, which shift by the functions
+//! imported after the module's own function imports, and the indices of
+//! memories the module defines, which shift by the flag's memory.
 //!
 //! Re-encoding moves code (it also shrinks the padded LEBs linkers emit), so
 //! the rewrite records where every instruction went ([`OffsetMap`]) and
@@ -47,12 +67,17 @@ pub const WAIT32: &str = "memory.atomic.wait32";
 pub const WAIT64: &str = "memory.atomic.wait64";
 /// `(addr: i32, count: i32, offset: i32) -> i32`
 pub const NOTIFY: &str = "memory.atomic.notify";
+/// `(memory 1 1 shared)`: the program's stop flag is its first word.
+pub const STOP_FLAG: &str = "stop-flag";
+/// `() -> ()`: called by a check that sees the stop flag set; unwinds the
+/// thread.
+pub const STOPPED: &str = "stopped";
 
 /// The export name wiggle's WASI glue looks the caller's memory up by.
 const MEMORY_EXPORT: &str = "memory";
 
-/// The host functions, in the order the rewrite imports them, with their
-/// exact types.
+/// The wait and notify functions, in the order the rewrite imports them,
+/// with their exact types.
 const HOST_FUNCS: [(&str, &[wasmparser::ValType], &[wasmparser::ValType]); 3] = {
     use wasmparser::ValType::{I32, I64};
     [
@@ -61,7 +86,7 @@ const HOST_FUNCS: [(&str, &[wasmparser::ValType], &[wasmparser::ValType]); 3] = 
         (NOTIFY, &[I32, I32, I32], &[I32]),
     ]
 };
-const ADDED_FUNCS: u32 = HOST_FUNCS.len() as u32;
+const ROUTED_FUNCS: u32 = HOST_FUNCS.len() as u32;
 
 /// What the scan of a module found.
 #[derive(Default)]
@@ -71,15 +96,30 @@ struct Scan {
     func_types: Vec<Option<FuncType>>,
     /// Every memory's type, imported ones first (the index space).
     memories: Vec<wasmparser::MemoryType>,
+    imported_memories: u32,
     /// The index of the memory to rewrite: the imported 32-bit shared memory.
     shared_memory: Option<u32>,
     /// Which of [`HOST_FUNCS`] the module imports, exactly as the rewrite
     /// would have.
     host_imports: [bool; 3],
+    /// The memory index of an import of [`STOP_FLAG`] with the rewrite's
+    /// type, and the function index of one of [`STOPPED`].
+    stop_flag: Option<u32>,
+    stopped: Option<u32>,
+    /// The function indices of every function imported from [`HOST_MODULE`]:
+    /// calling them is not calling wasm.
+    host_funcs: Vec<u32>,
     /// The first import from [`HOST_MODULE`] that is not one of ours.
     foreign_host_import: Option<String>,
     has_memory_export: bool,
     bodies: u32,
+    /// For each function body: whether it calls a wasm function (directly,
+    /// through a table or a reference, or as a tail call), so that it needs
+    /// a check at its entry.
+    calls: Vec<bool>,
+    /// Whether every body already has every check the rewrite would add.
+    /// Only looked for in modules that import the stop flag.
+    checked: bool,
     /// The code section's payload, and the length of the function count
     /// that starts it.
     code: Range<usize>,
@@ -90,7 +130,10 @@ struct Scan {
 }
 
 fn scan(bytes: &[u8]) -> Result<Scan> {
-    let mut scan = Scan::default();
+    let mut scan = Scan {
+        checked: true,
+        ..Scan::default()
+    };
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {
             Payload::TypeSection(reader) => {
@@ -107,16 +150,18 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
                     let import = import?;
-                    if import.module == HOST_MODULE {
+                    let host = import.module == HOST_MODULE;
+                    if host {
                         scan.note_host_import(import.name, import.ty);
                     }
                     match import.ty {
                         TypeRef::Func(_) | TypeRef::FuncExact(_) => scan.imported_funcs += 1,
                         TypeRef::Memory(ty) => {
-                            if ty.shared && !ty.memory64 && scan.shared_memory.is_none() {
+                            if !host && ty.shared && !ty.memory64 && scan.shared_memory.is_none() {
                                 scan.shared_memory = Some(scan.memories.len() as u32);
                             }
                             scan.memories.push(ty);
+                            scan.imported_memories += 1;
                         }
                         _ => {}
                     }
@@ -145,9 +190,11 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
             }
             Payload::CodeSectionEntry(body) => {
                 scan.bodies += 1;
+                let mut calls = false;
                 let mut ops = body.get_operators_reader()?;
                 while !ops.eof() {
                     let op = ops.read()?;
+                    calls |= scan.calls_wasm(&op);
                     let Some(memory) = wait_or_notify_memory(&op) else {
                         continue;
                     };
@@ -160,6 +207,12 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
                         scan.wait_elsewhere = Some(memory);
                     }
                 }
+                scan.calls.push(calls);
+                if let (Some(flag), Some(stopped)) = (scan.stop_flag, scan.stopped)
+                    && scan.checked
+                {
+                    scan.checked = is_checked(&body, calls, flag, stopped)?;
+                }
             }
             _ => {}
         }
@@ -169,25 +222,114 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
 
 impl Scan {
     fn note_host_import(&mut self, name: &str, ty: TypeRef) {
-        let ours = HOST_FUNCS
+        let func_index = self.imported_funcs;
+        let memory_index = self.memories.len() as u32;
+        let func_type = |t: &TypeRef| match t {
+            TypeRef::Func(t) => self.func_types.get(*t as usize).cloned().flatten(),
+            _ => None,
+        };
+        if matches!(ty, TypeRef::Func(_) | TypeRef::FuncExact(_)) {
+            self.host_funcs.push(func_index);
+        }
+        let routed = HOST_FUNCS
             .iter()
             .position(|(n, _, _)| *n == name)
             .filter(|&i| {
                 let (_, params, results) = HOST_FUNCS[i];
-                let TypeRef::Func(t) = ty else { return false };
-                let Some(Some(f)) = self.func_types.get(t as usize) else {
-                    return false;
-                };
-                f.params() == params && f.results() == results && !self.host_imports[i]
+                func_type(&ty).is_some_and(|f| f.params() == params && f.results() == results)
+                    && !self.host_imports[i]
             });
-        match ours {
-            Some(i) => self.host_imports[i] = true,
-            None => {
-                self.foreign_host_import
-                    .get_or_insert_with(|| format!("`{HOST_MODULE}.{name}`"));
-            }
+        if let Some(i) = routed {
+            self.host_imports[i] = true;
+            return;
+        }
+        let ours = match name {
+            STOPPED if self.stopped.is_none() => func_type(&ty)
+                .is_some_and(|f| f.params().is_empty() && f.results().is_empty())
+                .then(|| self.stopped = Some(func_index))
+                .is_some(),
+            STOP_FLAG if self.stop_flag.is_none() => match ty {
+                TypeRef::Memory(m) if m == stop_flag_type() => {
+                    self.stop_flag = Some(memory_index);
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !ours {
+            self.foreign_host_import
+                .get_or_insert_with(|| format!("`{HOST_MODULE}.{name}`"));
         }
     }
+
+    /// Whether `op` calls a wasm function (any function that is not the
+    /// host's own).
+    fn calls_wasm(&self, op: &Operator<'_>) -> bool {
+        match op {
+            Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
+                !self.host_funcs.contains(function_index)
+            }
+            Operator::CallIndirect { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::CallRef { .. }
+            | Operator::ReturnCallRef { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The type of the stop flag's memory: one page, shared, so that one store
+/// of the host reaches every thread's instance.
+fn stop_flag_type() -> wasmparser::MemoryType {
+    wasmparser::MemoryType {
+        memory64: false,
+        shared: true,
+        initial: 1,
+        maximum: Some(1),
+        page_size_log2: None,
+    }
+}
+
+/// Whether `body` has every check the rewrite would give it: one at its
+/// entry if it `calls` wasm, and one at the head of every loop.
+fn is_checked(
+    body: &wasmparser::FunctionBody<'_>,
+    calls: bool,
+    flag: u32,
+    stopped: u32,
+) -> Result<bool> {
+    let mut ops = body.get_operators_reader()?;
+    let check = |ops: &mut wasmparser::OperatorsReader<'_>| -> Result<bool> {
+        for expected in 0..5 {
+            if ops.eof() {
+                return Ok(false);
+            }
+            let ok = match (expected, ops.read()?) {
+                (0, Operator::I32Const { value: 0 }) => true,
+                (1, Operator::I32AtomicLoad { memarg }) => {
+                    memarg.memory == flag && memarg.offset == 0
+                }
+                (2, Operator::If { blockty }) => blockty == wasmparser::BlockType::Empty,
+                (3, Operator::Call { function_index }) => function_index == stopped,
+                (4, Operator::End) => true,
+                _ => false,
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    if calls && !check(&mut ops)? {
+        return Ok(false);
+    }
+    while !ops.eof() {
+        if matches!(ops.read()?, Operator::Loop { .. }) && !check(&mut ops)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn wait_or_notify_memory(op: &Operator<'_>) -> Option<u32> {
@@ -209,25 +351,29 @@ fn is_wait(op: &Operator<'_>) -> bool {
 /// What the rewrite does to a module.
 #[derive(Debug, PartialEq)]
 enum Plan {
-    /// Nothing to do: no shared memory import, or a module this host already
-    /// rewrote (or one indistinguishable from it, which is as safe).
+    /// Nothing to do: a module this host already rewrote (or one
+    /// indistinguishable from it, which is as safe).
     Keep,
+    /// Add the stop checks, and:
     Rewrite {
-        /// Route waits and notifies on the shared memory through the host.
+        /// route waits and notifies on the shared memory through the host;
         route: bool,
-        /// Export the shared memory as `memory` for WASI.
+        /// export the shared memory as `memory` for WASI.
         export_memory: bool,
     },
 }
 
 /// Decides what to do with a module, or refuses it.
 ///
-/// Whether a module is "already rewritten" is read off its code, never off
-/// a marker it could forge: a module that imports the host's functions is
-/// left alone only if they are exactly the three the rewrite adds, with
-/// exactly its types, and no native wait or notify on the shared memory is
-/// left. Anything else importing from [`HOST_MODULE`] is refused, since the
-/// host did not put it there.
+/// Every module gets the stop checks, so a module is left alone only if it
+/// already has them all: whether it is "already rewritten" is read off its
+/// code, never off a marker it could forge. A module that imports the
+/// host's functions or stop flag is left alone only if they are exactly the
+/// ones the rewrite adds, with exactly its types, every loop and every
+/// non-leaf function checks the flag exactly as the rewrite would have, and
+/// no native wait or notify on the shared memory is left. Anything else
+/// importing from [`HOST_MODULE`] is refused, since the host did not put it
+/// there.
 ///
 /// A native wait on any other shared memory (a second one the module
 /// defines with multi-memory, one a non-threaded module defines for itself,
@@ -245,15 +391,8 @@ fn plan(scan: &Scan) -> Result<Plan> {
     if let Some(import) = &scan.foreign_host_import {
         bail!(
             "the module imports {import}, but `{HOST_MODULE}` is reserved for the host's own \
-             functions (only `{WAIT32}`, `{WAIT64}` and `{NOTIFY}` with the host's types); \
-             refusing to run it"
-        );
-    }
-    let reserved = scan.host_imports.iter().any(|&b| b);
-    if reserved && !scan.host_imports.iter().all(|&b| b) {
-        bail!(
-            "the module imports some but not all of the host's reserved `{HOST_MODULE}` \
-             functions; it was not produced by this host, refusing to run it"
+             imports (only `{WAIT32}`, `{WAIT64}`, `{NOTIFY}`, `{STOPPED}` and `{STOP_FLAG}` \
+             with the host's types); refusing to run it"
         );
     }
     if let Some(memory) = scan.wait_elsewhere {
@@ -267,39 +406,44 @@ fn plan(scan: &Scan) -> Result<Plan> {
              never be stopped"
         );
     }
-    if scan.shared_memory.is_none() {
-        if reserved {
-            bail!(
-                "the module imports the host's reserved `{HOST_MODULE}` functions but no \
-                 shared memory; refusing to run it"
-            );
-        }
-        return Ok(Plan::Keep);
+    let routed = scan.host_imports.iter().any(|&b| b);
+    let reserved = routed || scan.stop_flag.is_some() || scan.stopped.is_some();
+    if !reserved {
+        return Ok(Plan::Rewrite {
+            route: scan.atomics_on_shared,
+            export_memory: scan.shared_memory.is_some() && !scan.has_memory_export,
+        });
     }
-    if reserved && scan.atomics_on_shared {
+    let not_ours = |why: &str| -> Result<Plan> {
         bail!(
-            "the module imports the host's reserved `{HOST_MODULE}` functions yet still waits \
-             or notifies natively on its shared memory; it was not produced by this host, \
-             refusing to run it"
-        );
+            "the module imports the host's reserved `{HOST_MODULE}` imports, but {why}; it was \
+             not produced by this host, refusing to run it"
+        )
+    };
+    if routed && !scan.host_imports.iter().all(|&b| b) {
+        return not_ours("only some of its wait and notify functions");
     }
-    let route = scan.atomics_on_shared;
-    let export_memory = !scan.has_memory_export;
-    Ok(if route || export_memory {
-        Plan::Rewrite {
-            route,
-            export_memory,
+    if scan.stop_flag.is_none() || scan.stopped.is_none() {
+        return not_ours("not both its stop flag and its `stopped` function");
+    }
+    if !scan.checked {
+        return not_ours("does not check the stop flag at every loop and every call");
+    }
+    match scan.shared_memory {
+        None if routed => not_ours("has no shared memory"),
+        Some(_) if scan.atomics_on_shared => {
+            not_ours("still waits or notifies natively on its shared memory")
         }
-    } else {
-        Plan::Keep
-    })
+        Some(_) if !scan.has_memory_export => not_ours("does not export its memory"),
+        _ => Ok(Plan::Keep),
+    }
 }
 
-/// Compiles a module for use with [`WasiThreads`](crate::WasiThreads),
-/// routing its atomic waits through the host so that the supervisor can wake
-/// threads parked in them. Use it instead of `Module::new`: a module compiled
-/// without it still runs, but threads parked in `memory.atomic.wait` when the
-/// program ends cannot be stopped and are detached.
+/// Compiles a module for use with [`WasiThreads`](crate::WasiThreads): adds
+/// the checks through which a stop reaches its running threads and routes
+/// its atomic waits through the host, so that the supervisor can stop every
+/// thread wherever it is. [`WasiThreads`](crate::WasiThreads) refuses a
+/// module compiled without it (with `Module::new`).
 ///
 /// [`compile_guest`] also returns the map that turns the compiled module's
 /// code offsets back into the offsets of `bytes`.
@@ -315,7 +459,7 @@ pub fn compile_guest(engine: &Engine, bytes: &[u8]) -> Result<GuestModule> {
     Module::validate(engine, &binary)?;
     match rewrite_with_map(&binary)? {
         Some((rewritten, map)) => {
-            log::debug!("rewrote the module: atomic waits routed through the host");
+            log::debug!("rewrote the module: stop checks added, atomic waits routed");
             let module = Module::new(engine, &rewritten)?;
             Ok(GuestModule::new(module, Arc::new(map)))
         }
@@ -324,6 +468,14 @@ pub fn compile_guest(engine: &Engine, bytes: &[u8]) -> Result<GuestModule> {
             Ok(GuestModule::new(module, Arc::new(OffsetMap::identity())))
         }
     }
+}
+
+/// Whether `module` was prepared by [`compile`]: it imports the stop flag
+/// (which [`plan`] lets only a fully checked module do).
+pub(crate) fn is_prepared(module: &Module) -> bool {
+    module
+        .imports()
+        .any(|i| i.module() == HOST_MODULE && i.name() == STOP_FLAG)
 }
 
 /// The binary form of a module given in binary or text form, with a one-line
@@ -349,11 +501,11 @@ fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     })
 }
 
-/// Returns the module with its waits and notifies on the imported shared
-/// memory routed through the host and its shared memory exported as
-/// `memory`, or `None` if it needs neither (or was already rewritten).
-/// Text-format input is accepted and returned as binary. A module that tries
-/// to keep threads out of the host's reach is an error.
+/// Returns the module with its stop checks added, its waits and notifies on
+/// the imported shared memory routed through the host and its shared memory
+/// exported as `memory`, or `None` if it was already rewritten. Text-format
+/// input is accepted and returned as binary. A module that tries to keep
+/// threads out of the host's reach is an error.
 pub fn rewrite(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
     let binary = to_binary(bytes)?;
     Ok(rewrite_with_map(&binary)?.map(|(bytes, _)| bytes))
@@ -369,16 +521,21 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
     else {
         return Ok(None);
     };
-    let Some(memory) = scan.shared_memory else {
-        return Ok(None);
-    };
+    let routed_funcs = if route { ROUTED_FUNCS } else { 0 };
     let mut rewriter = Rewriter {
-        memory,
+        memory: scan.shared_memory,
         route,
         export_memory,
         exported: false,
+        types_added: false,
+        imports_added: false,
         imported_funcs: scan.imported_funcs,
+        imported_memories: scan.imported_memories,
+        added_funcs: routed_funcs + 1,
+        stopped: scan.imported_funcs + routed_funcs,
         first_added_type: scan.types,
+        calls: scan.calls,
+        next_body: 0,
         map: MapBuilder::new(scan.code.clone(), scan.code_count_len, scan.bodies),
         debug_sections: Vec::new(),
     };
@@ -386,10 +543,13 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
     rewriter
         .parse_core_module(&mut module, Parser::new(0), binary)
         .map_err(|e| format_err!("cannot rewrite the module: {e}"))?;
-    let added = if route { ADDED_FUNCS } else { 0 };
-    let map = rewriter
-        .map
-        .finish(module.as_slice(), scan.imported_funcs, added)?;
+    let map = if scan.bodies == 0 {
+        OffsetMap::identity()
+    } else {
+        rewriter
+            .map
+            .finish(module.as_slice(), scan.imported_funcs, rewriter.added_funcs)?
+    };
     if !rewriter.debug_sections.is_empty() {
         match dwarf::remap(binary, &rewriter.debug_sections, &map) {
             Ok(sections) => {
@@ -407,13 +567,25 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
 }
 
 struct Rewriter {
-    memory: u32,
+    /// The routed (imported, 32-bit, shared) memory, if there is one.
+    memory: Option<u32>,
     route: bool,
     export_memory: bool,
     exported: bool,
+    types_added: bool,
+    imports_added: bool,
     imported_funcs: u32,
-    /// The first of the three types added at the end of the type section.
+    imported_memories: u32,
+    /// The functions the rewrite imports after the module's own function
+    /// imports: the routed waits and notify (if any), then [`STOPPED`].
+    added_funcs: u32,
+    /// The function index of [`STOPPED`] in the rewritten module.
+    stopped: u32,
+    /// The first of the types added at the end of the type section.
     first_added_type: u32,
+    /// [`Scan::calls`], and the index of the next body in it.
+    calls: Vec<bool>,
+    next_body: usize,
     map: MapBuilder,
     /// The original `.debug_*` sections, re-emitted remapped at the end.
     debug_sections: Vec<(String, Range<usize>)>,
@@ -430,14 +602,88 @@ impl Rewriter {
             Operator::MemoryAtomicNotify { memarg } => (2, memarg),
             _ => return None,
         };
-        (memarg.memory == self.memory).then_some((self.imported_funcs + which, memarg.offset))
+        (Some(memarg.memory) == self.memory).then_some((self.imported_funcs + which, memarg.offset))
     }
 
     fn memory_export(&mut self, exports: &mut wasm_encoder::ExportSection) {
-        if self.export_memory && !self.exported {
-            exports.export(MEMORY_EXPORT, wasm_encoder::ExportKind::Memory, self.memory);
+        if let Some(memory) = self.memory.filter(|_| self.export_memory && !self.exported) {
+            exports.export(MEMORY_EXPORT, wasm_encoder::ExportKind::Memory, memory);
         }
         self.exported = true;
+    }
+
+    /// The types of the added imports, at the end of the type section.
+    fn add_types(&mut self, types: &mut wasm_encoder::TypeSection) {
+        if self.route {
+            for (_, params, results) in HOST_FUNCS {
+                let convert = |t: &wasmparser::ValType| match t {
+                    wasmparser::ValType::I64 => wasm_encoder::ValType::I64,
+                    _ => wasm_encoder::ValType::I32,
+                };
+                types.ty().function(
+                    params.iter().map(convert).collect::<Vec<_>>(),
+                    results.iter().map(convert).collect::<Vec<_>>(),
+                );
+            }
+        }
+        types.ty().function([], []);
+        self.types_added = true;
+    }
+
+    /// The added imports, at the end of the import section: the routed
+    /// functions, [`STOPPED`], and the stop flag's memory, whose index is
+    /// then the number of memories the module imports.
+    fn add_imports(&mut self, imports: &mut wasm_encoder::ImportSection) {
+        let mut ty = self.first_added_type;
+        if self.route {
+            for (name, _, _) in HOST_FUNCS {
+                imports.import(HOST_MODULE, name, wasm_encoder::EntityType::Function(ty));
+                ty += 1;
+            }
+        }
+        imports.import(HOST_MODULE, STOPPED, wasm_encoder::EntityType::Function(ty));
+        let flag = stop_flag_type();
+        imports.import(
+            HOST_MODULE,
+            STOP_FLAG,
+            wasm_encoder::MemoryType {
+                minimum: flag.initial,
+                maximum: flag.maximum,
+                memory64: false,
+                shared: true,
+                page_size_log2: None,
+            },
+        );
+        self.imports_added = true;
+    }
+
+    /// Emits a check of the stop flag; the stack is as it was after it.
+    /// Every instruction of it is reported at `original`.
+    fn stop_check(
+        &self,
+        func: &mut wasm_encoder::Function,
+        moves: &mut offsets::FunctionMoves,
+        original: usize,
+    ) {
+        use wasm_encoder::Instruction as I;
+        // An atomic load: a plain one could be taken from an earlier load
+        // of the same word (at the function's entry) in a loop that stores
+        // nothing, and the loop would never see the flag.
+        let load = I::I32AtomicLoad(wasm_encoder::MemArg {
+            offset: 0,
+            align: 2,
+            memory_index: self.imported_memories,
+        });
+        for instruction in [
+            I::I32Const(0),
+            load,
+            I::If(wasm_encoder::BlockType::Empty),
+            I::Call(self.stopped),
+            I::End,
+        ] {
+            moves.exact(func.byte_len(), original);
+            func.instruction(&instruction);
+        }
     }
 }
 
@@ -465,10 +711,18 @@ impl Reencode for Rewriter {
     type Error = std::convert::Infallible;
 
     fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error<Self::Error>> {
-        Ok(if self.route && func >= self.imported_funcs {
-            func + ADDED_FUNCS
+        Ok(if func >= self.imported_funcs {
+            func + self.added_funcs
         } else {
             func
+        })
+    }
+
+    fn memory_index(&mut self, memory: u32) -> Result<u32, reencode::Error<Self::Error>> {
+        Ok(if memory >= self.imported_memories {
+            memory + 1
+        } else {
+            memory
         })
     }
 
@@ -478,18 +732,7 @@ impl Reencode for Rewriter {
         section: wasmparser::TypeSectionReader<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         reencode::utils::parse_type_section(self, types, section)?;
-        if self.route {
-            for (_, params, results) in HOST_FUNCS {
-                let convert = |t: &wasmparser::ValType| match t {
-                    wasmparser::ValType::I64 => wasm_encoder::ValType::I64,
-                    _ => wasm_encoder::ValType::I32,
-                };
-                types.ty().function(
-                    params.iter().map(convert).collect::<Vec<_>>(),
-                    results.iter().map(convert).collect::<Vec<_>>(),
-                );
-            }
-        }
+        self.add_types(types);
         Ok(())
     }
 
@@ -499,12 +742,7 @@ impl Reencode for Rewriter {
         section: wasmparser::ImportSectionReader<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         reencode::utils::parse_import_section(self, imports, section)?;
-        if self.route {
-            for (i, (name, _, _)) in HOST_FUNCS.iter().enumerate() {
-                let ty = wasm_encoder::EntityType::Function(self.first_added_type + i as u32);
-                imports.import(HOST_MODULE, name, ty);
-            }
-        }
+        self.add_imports(imports);
         Ok(())
     }
 
@@ -524,11 +762,22 @@ impl Reencode for Rewriter {
         after: Option<SectionId>,
         before: Option<SectionId>,
     ) -> Result<(), reencode::Error<Self::Error>> {
-        // A module without an export section gets one where it belongs.
-        let export = section_rank(SectionId::Export);
-        let after_exports_place = after.map_or(0, section_rank) < export;
-        let before_exports_place = before.map_or(u8::MAX, section_rank) > export;
-        if !self.exported && after_exports_place && before_exports_place {
+        // A module without a type, import or export section gets one where
+        // it belongs, for what the rewrite adds.
+        let after = after.map_or(0, section_rank);
+        let before = before.map_or(u8::MAX, section_rank);
+        let due = |id| after < section_rank(id) && before > section_rank(id);
+        if !self.types_added && due(SectionId::Type) {
+            let mut types = wasm_encoder::TypeSection::new();
+            self.add_types(&mut types);
+            module.section(&types);
+        }
+        if !self.imports_added && due(SectionId::Import) {
+            let mut imports = wasm_encoder::ImportSection::new();
+            self.add_imports(&mut imports);
+            module.section(&imports);
+        }
+        if !self.exported && due(SectionId::Export) {
             let mut exports = wasm_encoder::ExportSection::new();
             self.memory_export(&mut exports);
             if !exports.is_empty() {
@@ -546,14 +795,17 @@ impl Reencode for Rewriter {
         let mut func = self.new_function_with_parsed_locals(&body)?;
         let mut ops = body.get_operators_reader()?;
         let mut moves = self.map.begin_function(code.byte_len(), &body);
+        let calls = self.calls.get(self.next_body).copied().unwrap_or(true);
+        self.next_body += 1;
+        if calls {
+            // Reported at the function's start (its locals), so that the
+            // first instruction still maps to itself and back.
+            self.stop_check(&mut func, &mut moves, body.range().start);
+        }
         while !ops.eof() {
             let old = ops.original_position();
             let op = ops.read()?;
-            let host_func = self.host_func(&op);
-            if host_func.is_none() {
-                moves.instruction(func.byte_len(), old);
-            }
-            match host_func {
+            match self.host_func(&op) {
                 Some((host_func, offset)) => {
                     // A 32-bit memory's offsets are below 2^32; passed as the
                     // bits of an i32 and read back as u32 by the host.
@@ -564,7 +816,15 @@ impl Reencode for Rewriter {
                     moves.instruction(func.byte_len(), old);
                     func.instruction(&wasm_encoder::Instruction::Call(host_func));
                 }
+                None if matches!(op, Operator::Loop { .. }) => {
+                    // Exact: the check after it maps to the same offset, and
+                    // the loop must be what that offset maps back to.
+                    moves.exact(func.byte_len(), old);
+                    func.instruction(&self.instruction(op)?);
+                    self.stop_check(&mut func, &mut moves, old);
+                }
                 None => {
+                    moves.instruction(func.byte_len(), old);
                     func.instruction(&self.instruction(op)?);
                 }
             }
@@ -663,29 +923,136 @@ mod tests {
                 "wasi-threads-host.memory.atomic.wait32",
                 "wasi-threads-host.memory.atomic.wait64",
                 "wasi-threads-host.memory.atomic.notify",
+                "wasi-threads-host.stopped",
+                "wasi-threads-host.stop-flag",
             ]
         );
         assert_eq!(atomics_left, 0);
-        // The module's own functions moved past the three new imports, and
+        // The module's own functions moved past the four new imports, and
         // every reference to them (start, names) moved with them.
-        assert_eq!(start, Some(4));
+        assert_eq!(start, Some(5));
         assert_eq!(
             names,
             [
                 (0, "f".to_string()),
-                (4, "a".to_string()),
-                (5, "b".to_string())
+                (5, "a".to_string()),
+                (6, "b".to_string())
+            ]
+        );
+    }
+
+    /// Where each function body checks the stop flag (memory 1 in these
+    /// modules): at its entry, after a `loop`, or elsewhere.
+    fn checks(module: &[u8]) -> Vec<Vec<&'static str>> {
+        let mut out = Vec::new();
+        for payload in Parser::new(0).parse_all(module) {
+            if let Payload::CodeSectionEntry(body) = payload.unwrap() {
+                let mut reader = body.get_operators_reader().unwrap();
+                let mut ops = Vec::new();
+                while !reader.eof() {
+                    ops.push(reader.read().unwrap());
+                }
+                let mut seen = Vec::new();
+                for (i, op) in ops.iter().enumerate() {
+                    if let Operator::I32AtomicLoad { memarg } = op
+                        && memarg.memory == 1
+                    {
+                        seen.push(match i {
+                            1 => "entry",
+                            _ if matches!(ops[i - 2], Operator::Loop { .. }) => "loop",
+                            _ => "elsewhere",
+                        });
+                    }
+                }
+                out.push(seen);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn checks_go_to_loops_and_non_leaf_entries_only() {
+        let wat = r#"(module
+          (import "env" "memory" (memory 1 1 shared))
+          (import "env" "f" (func $f))
+          (type $t (func))
+          (table 1 funcref)
+          (func $leaf (drop (i32.add (i32.const 1) (i32.const 2))))
+          (func $calls_host (call $f))
+          (func $calls_wasm (call $leaf))
+          (func $indirect (call_indirect (type $t) (i32.const 0)))
+          (func $tail (return_call $leaf))
+          (func $looping (loop $l (br_if $l (i32.const 0))) (loop (nop))))"#;
+        let out = rewrite(wat.as_bytes()).unwrap().expect("rewritten");
+        validate(&out);
+        assert_eq!(
+            checks(&out),
+            [
+                vec![],
+                // An imported function could be wasm of another instance:
+                // calling one counts as calling wasm.
+                vec!["entry"],
+                vec!["entry"],
+                vec!["entry"],
+                vec!["entry"],
+                vec!["loop", "loop"],
             ]
         );
     }
 
     #[test]
-    fn modules_without_waits_are_left_alone() {
-        let plain = r#"(module (import "env" "memory" (memory 1 1 shared))
-            (export "memory" (memory 0)) (func (export "_start")))"#;
-        assert!(rewrite(plain.as_bytes()).unwrap().is_none());
-        let unshared = r#"(module (memory 1) (func (drop (memory.atomic.notify (i32.const 0) (i32.const 1)))))"#;
-        assert!(rewrite(unshared.as_bytes()).unwrap().is_none());
+    fn every_module_gets_checks_and_memories_keep_their_meaning() {
+        // No shared memory, no imports, a memory of its own that the checks'
+        // memory must not displace.
+        let wat = r#"(module (memory (export "m") 1) (data (i32.const 0) "x")
+            (func (export "_start") (loop (br_if 0 (i32.eqz (i32.load8_u (i32.const 0)))))))"#;
+        let out = rewrite(wat.as_bytes()).unwrap().expect("rewritten");
+        validate(&out);
+        let mut memory_ops = Vec::new();
+        for payload in Parser::new(0).parse_all(&out) {
+            match payload.unwrap() {
+                Payload::ExportSection(reader) => {
+                    for e in reader {
+                        let e = e.unwrap();
+                        if e.kind == wasmparser::ExternalKind::Memory {
+                            assert_eq!(
+                                (e.name, e.index),
+                                ("m", 1),
+                                "the export follows its memory"
+                            );
+                        }
+                    }
+                }
+                Payload::CodeSectionEntry(body) => {
+                    let mut ops = body.get_operators_reader().unwrap();
+                    while !ops.eof() {
+                        match ops.read().unwrap() {
+                            Operator::I32Load8U { memarg } => {
+                                memory_ops.push(("load", memarg.memory))
+                            }
+                            Operator::I32AtomicLoad { memarg } => {
+                                memory_ops.push(("check", memarg.memory))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(memory_ops, [("check", 0), ("load", 1)]);
+        assert!(rewrite(&out).unwrap().is_none(), "idempotent");
+    }
+
+    #[test]
+    fn a_forged_stop_flag_without_the_checks_is_refused() {
+        let forged = r#"(module
+          (import "wasi-threads-host" "stopped" (func))
+          (import "wasi-threads-host" "stop-flag" (memory 1 1 shared))
+          (func (export "_start") (loop (br 0))))"#;
+        let err = rewrite(forged.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("does not check the stop flag"), "{err}");
+        assert!(!err.contains('\n'));
     }
 
     #[test]
@@ -738,7 +1105,8 @@ mod tests {
             exports(&out),
             [
                 ("mem".into(), ExternalKind::Memory, 0),
-                ("_start".into(), ExternalKind::Func, 0),
+                // After the `stopped` import.
+                ("_start".into(), ExternalKind::Func, 1),
                 ("memory".into(), ExternalKind::Memory, 0),
             ]
         );

@@ -1,0 +1,61 @@
+//! How a stop reaches a thread that is running wasm: the program's stop
+//! flag, which the checks the rewrite puts in every loop and every non-leaf
+//! function read (see [`crate::rewrite`]).
+//!
+//! The flag is the first word of a one-page shared memory the host creates
+//! for each program and every thread's instance imports, so raising it is a
+//! single store that every thread of the program sees, and of no other
+//! program: stops of one program cost the others on the same engine nothing.
+//! A check that sees it set calls the host's `stopped`, which unwinds the
+//! thread with [`Stopped`].
+//!
+//! This replaces Wasmtime's epoch interruption, which the host no longer
+//! needs: an embedder's epochs, deadlines and callbacks are theirs alone.
+//! Epochs check at every function entry and keep a deadline in a register
+//! that is reloaded around calls; the flag is checked where a thread could
+//! otherwise run on unboundedly, and each check is one atomic load (a plain
+//! `mov` on x86-64 and a load-acquire on aarch64) and a branch that is never
+//! taken until the end.
+
+use crate::rewrite::{HOST_MODULE, STOP_FLAG, STOPPED};
+use crate::stop::Stopped;
+use std::sync::atomic::{AtomicU32, Ordering};
+use wasmtime::{AsContext, Engine, Linker, MemoryType, Result, SharedMemory};
+
+/// One program's stop flag.
+pub(crate) struct StopFlag {
+    page: SharedMemory,
+}
+
+impl StopFlag {
+    pub fn new(engine: &Engine) -> Result<Self> {
+        Ok(StopFlag {
+            page: SharedMemory::new(engine, MemoryType::shared(1, 1))?,
+        })
+    }
+
+    /// Sets the flag: every check from now on, in every thread, unwinds.
+    pub fn raise(&self) {
+        let word = self.page.data().as_ptr().cast::<AtomicU32>();
+        // SAFETY: the page is 64 KiB, page-aligned (so aligned for a u32)
+        // and lives as long as `self.page`; `UnsafeCell<u8>` allows writes
+        // through a shared reference, and guests only ever read this word,
+        // with atomic loads (the rewrite's checks), so an atomic store is
+        // the right way to write it.
+        unsafe { (*word).store(1, Ordering::SeqCst) };
+    }
+
+    /// Defines the flag's memory and `stopped` in `linker`. `store` is any
+    /// store of the same data type (Wasmtime needs one to define a memory).
+    pub fn add_to_linker<T: 'static>(
+        &self,
+        linker: &mut Linker<T>,
+        store: impl AsContext<Data = T>,
+    ) -> Result<()> {
+        linker.define(store, HOST_MODULE, STOP_FLAG, self.page.clone())?;
+        linker.func_wrap(HOST_MODULE, STOPPED, || -> Result<()> {
+            Err(Stopped.into())
+        })?;
+        Ok(())
+    }
+}
