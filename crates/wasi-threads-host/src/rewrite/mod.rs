@@ -1,20 +1,17 @@
 //! The module rewrite: how the host keeps every thread of a program within
 //! reach. Three things are added to every module it runs:
 //!
-//! - **Stop checks.** At the head of every loop, and at the entry of every
-//!   function that calls another wasm function, the thread reads the
-//!   program's stop flag (the first word of a one-page shared memory the
-//!   host owns, [`STOP_FLAG`]) and, once it is set, calls the host's
-//!   [`STOPPED`], which unwinds it. Between two checks a thread runs at
-//!   most straight-line code: a loop passes one every iteration, recursion
-//!   (direct, indirect, through tables or tail calls) one every call, and a
-//!   tree of calls one at every call of a non-leaf function, so the work
-//!   between checks is bounded by the code's size. Functions that call no
-//!   other wasm function (leaves) need no entry check; that, and a check
+//! - **Stop checks.** At the head of every loop, and at the entry of the
+//!   functions through which a thread could otherwise run on without
+//!   passing one (recursion, calls through tables, imports, large call
+//!   trees: see [`checks`]), the thread reads the program's stop flag (the
+//!   first word of a one-page shared memory the host owns, [`STOP_FLAG`])
+//!   and, once it is set, calls the host's [`STOPPED`], which unwinds it.
+//!   Between two checks a thread runs a bounded amount of code. Small
+//!   functions called from hot loops get no check at all; that, and a check
 //!   that is one atomic load and a predicted branch, is what makes the
 //!   checks cheaper than Wasmtime's epoch interruption, which checks at
-//!   every function entry and reloads its deadline after calls (see
-//!   [`crate::interrupt`]).
+//!   every function entry (see [`crate::interrupt`]).
 //! - **Waits through the host.** Every `memory.atomic.wait32/64` and
 //!   `memory.atomic.notify` on the imported shared memory becomes a call of
 //!   a host function. A thread parked in a native `memory.atomic.wait` is
@@ -44,6 +41,7 @@
 //! module the user built.
 
 mod cache;
+mod checks;
 mod dwarf;
 mod offsets;
 
@@ -113,13 +111,18 @@ struct Scan {
     foreign_host_import: Option<String>,
     has_memory_export: bool,
     bodies: u32,
-    /// For each function body: whether it calls a wasm function (directly,
-    /// through a table or a reference, or as a tail call), so that it needs
-    /// a check at its entry.
-    calls: Vec<bool>,
+    /// What the placement of entry checks needs to know of each body.
+    bodies_info: Vec<checks::Body>,
+    /// Which bodies start with a check (only looked for in modules that
+    /// import the stop flag), and whether every loop of every body starts
+    /// with one.
+    entry_checked: Vec<bool>,
+    loops_checked: bool,
     /// Whether every body already has every check the rewrite would add.
     /// Only looked for in modules that import the stop flag.
     checked: bool,
+    /// Which bodies the rewrite gives an entry check.
+    entry: Vec<bool>,
     /// The code section's payload, and the length of the function count
     /// that starts it.
     code: Range<usize>,
@@ -131,7 +134,7 @@ struct Scan {
 
 fn scan(bytes: &[u8]) -> Result<Scan> {
     let mut scan = Scan {
-        checked: true,
+        loops_checked: true,
         ..Scan::default()
     };
     for payload in Parser::new(0).parse_all(bytes) {
@@ -190,11 +193,11 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
             }
             Payload::CodeSectionEntry(body) => {
                 scan.bodies += 1;
-                let mut calls = false;
+                let mut info = checks::Body::default();
                 let mut ops = body.get_operators_reader()?;
                 while !ops.eof() {
                     let op = ops.read()?;
-                    calls |= scan.calls_wasm(&op);
+                    scan.note_call(&op, &mut info);
                     let Some(memory) = wait_or_notify_memory(&op) else {
                         continue;
                     };
@@ -207,15 +210,23 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
                         scan.wait_elsewhere = Some(memory);
                     }
                 }
-                scan.calls.push(calls);
-                if let (Some(flag), Some(stopped)) = (scan.stop_flag, scan.stopped)
-                    && scan.checked
-                {
-                    scan.checked = is_checked(&body, calls, flag, stopped)?;
+                if let (Some(flag), Some(stopped)) = (scan.stop_flag, scan.stopped) {
+                    let present = present_checks(&body, flag, stopped)?;
+                    // A check's own instructions are not the function's
+                    // work (its call of `stopped` is not counted anyway).
+                    info.weight = info.weight.saturating_sub(4 * present.count);
+                    scan.entry_checked.push(present.entry);
+                    scan.loops_checked &= present.loops;
                 }
+                scan.bodies_info.push(info);
             }
             _ => {}
         }
+    }
+    scan.entry = checks::Placement::new(&scan.bodies_info, &[]).entry;
+    if scan.stop_flag.is_some() && scan.stopped.is_some() {
+        let needed = checks::Placement::new(&scan.bodies_info, &scan.entry_checked);
+        scan.checked = scan.loops_checked && needed.covered_by(&scan.entry_checked);
     }
     Ok(scan)
 }
@@ -263,19 +274,28 @@ impl Scan {
         }
     }
 
-    /// Whether `op` calls a wasm function (any function that is not the
-    /// host's own).
-    fn calls_wasm(&self, op: &Operator<'_>) -> bool {
+    /// Adds `op` to what the placement of entry checks knows of its body:
+    /// its weight, and the calls it makes. Calls of the host's own functions
+    /// count for nothing, so that a rewritten module (whose waits became
+    /// `i32.const; call`) weighs what the original did.
+    fn note_call(&self, op: &Operator<'_>, info: &mut checks::Body) {
         match op {
             Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
-                !self.host_funcs.contains(function_index)
+                if self.host_funcs.contains(function_index) {
+                    return;
+                }
+                match function_index.checked_sub(self.imported_funcs) {
+                    Some(defined) => info.callees.push(defined),
+                    None => info.opaque = true,
+                }
             }
             Operator::CallIndirect { .. }
             | Operator::ReturnCallIndirect { .. }
             | Operator::CallRef { .. }
-            | Operator::ReturnCallRef { .. } => true,
-            _ => false,
+            | Operator::ReturnCallRef { .. } => info.opaque = true,
+            _ => {}
         }
+        info.weight = info.weight.saturating_add(1);
     }
 }
 
@@ -291,14 +311,21 @@ fn stop_flag_type() -> wasmparser::MemoryType {
     }
 }
 
-/// Whether `body` has every check the rewrite would give it: one at its
-/// entry if it `calls` wasm, and one at the head of every loop.
-fn is_checked(
+/// The checks a body already has, exactly as the rewrite writes them.
+struct PresentChecks {
+    /// One starts the body.
+    entry: bool,
+    /// One starts every loop.
+    loops: bool,
+    /// How many of these there are.
+    count: u64,
+}
+
+fn present_checks(
     body: &wasmparser::FunctionBody<'_>,
-    calls: bool,
     flag: u32,
     stopped: u32,
-) -> Result<bool> {
+) -> Result<PresentChecks> {
     let mut ops = body.get_operators_reader()?;
     let check = |ops: &mut wasmparser::OperatorsReader<'_>| -> Result<bool> {
         for expected in 0..5 {
@@ -321,15 +348,27 @@ fn is_checked(
         }
         Ok(true)
     };
-    if calls && !check(&mut ops)? {
-        return Ok(false);
+    let mut present = PresentChecks {
+        entry: false,
+        loops: true,
+        count: 0,
+    };
+    let mut probe = ops.clone();
+    if check(&mut probe)? {
+        present.entry = true;
+        present.count += 1;
+        ops = probe;
     }
     while !ops.eof() {
-        if matches!(ops.read()?, Operator::Loop { .. }) && !check(&mut ops)? {
-            return Ok(false);
+        if matches!(ops.read()?, Operator::Loop { .. }) {
+            if check(&mut ops)? {
+                present.count += 1;
+            } else {
+                present.loops = false;
+            }
         }
     }
-    Ok(true)
+    Ok(present)
 }
 
 fn wait_or_notify_memory(op: &Operator<'_>) -> Option<u32> {
@@ -534,7 +573,7 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
         added_funcs: routed_funcs + 1,
         stopped: scan.imported_funcs + routed_funcs,
         first_added_type: scan.types,
-        calls: scan.calls,
+        entry: scan.entry,
         next_body: 0,
         map: MapBuilder::new(scan.code.clone(), scan.code_count_len, scan.bodies),
         debug_sections: Vec::new(),
@@ -583,8 +622,8 @@ struct Rewriter {
     stopped: u32,
     /// The first of the types added at the end of the type section.
     first_added_type: u32,
-    /// [`Scan::calls`], and the index of the next body in it.
-    calls: Vec<bool>,
+    /// [`Scan::entry`], and the index of the next body in it.
+    entry: Vec<bool>,
     next_body: usize,
     map: MapBuilder,
     /// The original `.debug_*` sections, re-emitted remapped at the end.
@@ -795,9 +834,9 @@ impl Reencode for Rewriter {
         let mut func = self.new_function_with_parsed_locals(&body)?;
         let mut ops = body.get_operators_reader()?;
         let mut moves = self.map.begin_function(code.byte_len(), &body);
-        let calls = self.calls.get(self.next_body).copied().unwrap_or(true);
+        let entry = self.entry.get(self.next_body).copied().unwrap_or(true);
         self.next_body += 1;
-        if calls {
+        if entry {
             // Reported at the function's start (its locals), so that the
             // first instruction still maps to itself and back.
             self.stop_check(&mut func, &mut moves, body.range().start);
@@ -971,7 +1010,7 @@ mod tests {
     }
 
     #[test]
-    fn checks_go_to_loops_and_non_leaf_entries_only() {
+    fn checks_go_to_loops_and_where_calls_could_run_on() {
         let wat = r#"(module
           (import "env" "memory" (memory 1 1 shared))
           (import "env" "f" (func $f))
@@ -989,12 +1028,13 @@ mod tests {
             checks(&out),
             [
                 vec![],
-                // An imported function could be wasm of another instance:
-                // calling one counts as calling wasm.
+                // An imported function could be wasm of another instance,
+                // which no analysis here sees through.
                 vec!["entry"],
+                // A small callee: bounded without a check.
+                vec![],
                 vec!["entry"],
-                vec!["entry"],
-                vec!["entry"],
+                vec![],
                 vec!["loop", "loop"],
             ]
         );
