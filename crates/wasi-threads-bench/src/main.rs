@@ -189,6 +189,7 @@ fn fdwrite(o: &Options) -> Vec<Workload> {
 
 fn compute(o: &Options) -> Vec<Workload> {
     let q = o.quick;
+    let zstd_mib = if q { "8" } else { "32" };
     let mut work = vec![
         workload(
             "tight loop (splitmix64 sum)",
@@ -219,6 +220,18 @@ fn compute(o: &Options) -> Vec<Workload> {
             "bench-cpu",
             "bench-cpu",
             &["2", if q { "20000000" } else { "100000000" }],
+        ),
+        workload(
+            &format!("zstd compress {zstd_mib} MiB, 4 workers"),
+            "bench-zstd",
+            "bench-zstd",
+            &["compress", zstd_mib, "4"],
+        ),
+        workload(
+            &format!("zstd decompress {zstd_mib} MiB"),
+            "bench-zstd",
+            "bench-zstd",
+            &["decompress", zstd_mib, "1"],
         ),
     ];
     for w in &mut work {
