@@ -1,10 +1,11 @@
 /* bench-zstd: usage: bench-zstd MODE MIB WORKERS
  * zstd 1.5.7 (its C sources from the cargo registry, see build.sh) on MIB MiB
  * of deterministic text-like data (words from a fixed vocabulary picked by a
- * seeded splitmix64; zstd level 3 compresses it ~4x).
+ * seeded splitmix64; zstd level 3 compresses it ~3.5x).
  *   compress:   times ZSTD_compress2 at level 3 with ZSTD_c_nbWorkers=WORKERS,
  *               so zstd's own pthread pool does the work (WORKERS=0 is
- *               zstd's single-threaded mode)
+ *               zstd's single-threaded mode). Level 3 cuts the input into
+ *               8 MiB jobs (windowLog 21 + 2), so at most MIB/8 workers work.
  *   decompress: compresses untimed (same parameters), then times
  *               ZSTD_decompressDCtx (zstd decompression is single-threaded)
  * Both modes check the round trip (decompressed == original; exit 1 if not).
