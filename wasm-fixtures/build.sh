@@ -31,6 +31,8 @@ C_FIXTURES=(c-pthreads c-exit-thread c-trap-thread c-main-return c-exit-code
             bench-spawn bench-burst bench-cpu bench-pingpong bench-idle bench-fdwrite
             c-spawn-limit c-churn c-many-live c-grow c-stack-overflow c-infinite
             bench-wasi-calls)
+# C fixtures linked with zstd's C library (see zstd_lib below)
+ZSTD_FIXTURES=(bench-zstd)
 RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread bench-pipeline bench-compute)
 # Rust fixtures that also get a native build (benchmark baselines)
 RUST_NATIVE=(bench-pipeline bench-compute)
@@ -42,6 +44,7 @@ max_memory() {
   case "$1" in
     c-many-live) echo $((128 * MIB)) ;;
     bench-idle) echo $((256 * MIB)) ;;
+    bench-zstd) echo $((512 * MIB)) ;;
     *) echo $((64 * MIB)) ;;
   esac
 }
@@ -51,6 +54,47 @@ wanted() {
   return 1
 }
 log() { echo "== $*" >&2; }
+any_wanted() {
+  local x; for x in "$@"; do wanted "$x" && return 0; done
+  return 1
+}
+
+# ---------------------------------------------------------------- zstd
+# zstd's C library is not vendored here: the zstd-sys crate in the cargo
+# registry carries zstd 1.5.7's sources (BSD). Only the compressor and
+# decompressor, multithreaded (zstd's own pthread pool) and without the x86-64
+# assembly decoder, which the wasm build cannot have either, so the native
+# baseline runs the same C code.
+ZSTD_VERSION=1.5.7
+ZSTD_CFLAGS=(-O2 -pthread -DZSTD_MULTITHREAD -DZSTD_DISABLE_ASM)
+zstd_lib() {
+  local d
+  for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/zstd-sys-*+zstd."$ZSTD_VERSION"/zstd/lib; do
+    [ -f "$d/zstd.h" ] && { echo "$d"; return 0; }
+  done
+  echo "zstd $ZSTD_VERSION sources not found: expected ${CARGO_HOME:-$HOME/.cargo}/registry/src/*/zstd-sys-*+zstd.$ZSTD_VERSION/zstd/lib" >&2
+  echo "('cargo fetch' in the repository root gets them: its Cargo.lock pins zstd-sys 2.1.2+zstd.$ZSTD_VERSION)" >&2
+  return 1
+}
+# zstd_objects KIND CC FLAGS...: compiles zstd's sources once per compiler and
+# flags into target/zstd-KIND/ (reused while the stamp matches) and prints the
+# object files.
+zstd_objects() {
+  local kind=$1 cc=$2; shift 2
+  local lib out stamp f
+  lib=$(zstd_lib) || return 1
+  out="$HERE/target/zstd-$kind"
+  stamp="$lib | $("$cc" --version | head -1) | $*"
+  if [ "$(cat "$out/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    log "compiling zstd $ZSTD_VERSION ($kind) from $lib"
+    rm -rf "$out"; mkdir -p "$out"
+    for f in "$lib"/common/*.c "$lib"/compress/*.c "$lib"/decompress/*.c; do
+      "$cc" "$@" -I"$lib" -c -o "$out/$(basename "${f%.c}").o" "$f" || return 1
+    done
+    echo "$stamp" > "$out/.stamp"
+  fi
+  printf '%s\n' "$out"/*.o
+}
 
 # ---------------------------------------------------------------- native (gcc)
 build_native() {
@@ -60,6 +104,15 @@ build_native() {
     wanted "$n" || continue
     gcc -O2 -pthread -Wall -Wextra -o "native/$n" "c/$n.c"
   done
+  if any_wanted "${ZSTD_FIXTURES[@]}"; then
+    local objs
+    objs=$(zstd_objects native gcc "${ZSTD_CFLAGS[@]}")
+    for n in "${ZSTD_FIXTURES[@]}"; do
+      wanted "$n" || continue
+      # shellcheck disable=SC2086 # object paths contain no spaces
+      gcc "${ZSTD_CFLAGS[@]}" -Wall -Wextra -I"$(zstd_lib)" -o "native/$n" "c/$n.c" $objs
+    done
+  fi
   local host
   host=$(rustc -vV | sed -n 's/^host: //p')
   for n in "${RUST_NATIVE[@]}"; do
@@ -110,6 +163,16 @@ for n in "${C_FIXTURES[@]}"; do
     -o "$n.wasm" "c/$n.c" \
     -Wl,--import-memory,--export-memory,--max-memory="$(max_memory "$n")" -Wl,--strip-debug
 done
+if any_wanted "${ZSTD_FIXTURES[@]}"; then
+  objs=$(zstd_objects wasm clang-19 --target=wasm32-wasi-threads --sysroot="$SYSROOT" "${ZSTD_CFLAGS[@]}")
+  for n in "${ZSTD_FIXTURES[@]}"; do
+    wanted "$n" || continue
+    # shellcheck disable=SC2086 # object paths contain no spaces
+    clang-19 --target=wasm32-wasi-threads --sysroot="$SYSROOT" "${ZSTD_CFLAGS[@]}" -Wall -Wextra -I"$(zstd_lib)" \
+      -o "$n.wasm" "c/$n.c" $objs \
+      -Wl,--import-memory,--export-memory,--max-memory="$(max_memory "$n")" -Wl,--strip-debug
+  done
+fi
 for n in "${C_DEBUG_FIXTURES[@]}"; do
   wanted "$n" || continue
   # Relative source paths in the DWARF, so the file names no build directory.

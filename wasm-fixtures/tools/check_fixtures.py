@@ -230,6 +230,17 @@ def main():
                stdout_re=r"RESULT threads=2\nRESULT work=1000000\nRESULT checksum=f7c389e97fb1b53b\nRESULT elapsed_ns=\d+\n")
         expect(c, "bench-cpu 3 1000000", "bench-cpu", ["3", "1000000"],
                stdout_re=r"RESULT threads=3\nRESULT work=1000000\nRESULT checksum=f7c389e97fb1b53b\nRESULT elapsed_ns=\d+\n")
+    if sel("bench-zstd"):
+        # The compressed bytes do not depend on the number of workers (>= 1).
+        for w in ["1", "4"]:
+            expect(c, f"bench-zstd compress 8 {w}", "bench-zstd", ["compress", "8", w], timeout=120,
+                   stdout_re=r"RESULT input_bytes=8388608\nRESULT compressed_bytes=2429405\n"
+                             r"RESULT checksum=3401395015634588287\nRESULT elapsed_ns=\d+\n")
+        expect(c, "bench-zstd decompress 8 1", "bench-zstd", ["decompress", "8", "1"], timeout=120,
+               stdout_re=r"RESULT input_bytes=8388608\nRESULT compressed_bytes=2429405\n"
+                         r"RESULT checksum=8332443058056013911\nRESULT elapsed_ns=\d+\n")
+        expect(c, "bench-zstd bad args", "bench-zstd", ["squash", "8", "1"], rc=2, stdout="",
+               stderr_re=r"usage: bench-zstd")
     if sel("bench-pingpong"):
         expect(c, "bench-pingpong 2000", "bench-pingpong", ["2000"],
                stdout_re=r"RESULT rounds=2000\nRESULT total_ns=\d+\nRESULT ns_per_roundtrip=\d+\n")

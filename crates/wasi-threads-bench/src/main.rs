@@ -189,6 +189,9 @@ fn fdwrite(o: &Options) -> Vec<Workload> {
 
 fn compute(o: &Options) -> Vec<Workload> {
     let q = o.quick;
+    // zstd level 3 cuts its input into 8 MiB jobs, one per worker at a time:
+    // 32 MiB keeps 4 workers busy, 16 MiB (quick) still 2.
+    let zstd_mib = if q { "16" } else { "32" };
     let mut work = vec![
         workload(
             "tight loop (splitmix64 sum)",
@@ -219,6 +222,18 @@ fn compute(o: &Options) -> Vec<Workload> {
             "bench-cpu",
             "bench-cpu",
             &["2", if q { "20000000" } else { "100000000" }],
+        ),
+        workload(
+            &format!("zstd compress {zstd_mib} MiB, 4 workers"),
+            "bench-zstd",
+            "bench-zstd",
+            &["compress", zstd_mib, "4"],
+        ),
+        workload(
+            &format!("zstd decompress {zstd_mib} MiB"),
+            "bench-zstd",
+            "bench-zstd",
+            &["decompress", zstd_mib, "1"],
         ),
     ];
     for w in &mut work {
