@@ -1,6 +1,6 @@
 //! How a stop reaches a thread that is running wasm: the program's stop
-//! flag, which the checks the rewrite puts in every loop and every non-leaf
-//! function read (see [`crate::rewrite`]).
+//! flag, which the checks the rewrite puts in every loop and in the entry of
+//! the functions that need one read (see [`crate::rewrite`]).
 //!
 //! The flag is the first word of a one-page shared memory the host creates
 //! for each program and every thread's instance imports, so raising it is a
@@ -11,11 +11,12 @@
 //!
 //! This replaces Wasmtime's epoch interruption, which the host no longer
 //! needs: an embedder's epochs, deadlines and callbacks are theirs alone.
-//! Epochs check at every function entry and keep a deadline in a register
-//! that is reloaded around calls; the flag is checked where a thread could
-//! otherwise run on unboundedly, and each check is one atomic load (a plain
-//! `mov` on x86-64 and a load-acquire on aarch64) and a branch that is never
-//! taken until the end.
+//! Epochs check at every function entry (four loads and a compare, and a
+//! frame that saves registers for the cold path, even in leaf functions);
+//! the flag is checked only where a thread could otherwise run on, and each
+//! check is an atomic load (a plain `mov` on x86-64, a load-acquire on
+//! aarch64) behind two loads the compiler hoists out of loops, and a branch
+//! that is never taken until the end.
 
 use crate::rewrite::{HOST_MODULE, STOP_FLAG, STOPPED};
 use crate::stop::Stopped;
