@@ -418,6 +418,34 @@ fn an_embedders_epochs_are_its_own() {
         );
     }
     assert_eq!(counter.join().unwrap().unwrap(), 400_000_000);
+    // Without a setup of its own, the embedder's ticks do not interrupt a
+    // program: the host's default deadline is far away.
+    let spin_wat = br#"(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (local $i i32)
+        (loop $l
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 100000000))))
+        (call $exit (i32.const 3))))"#;
+    let counted = compile(&engine, spin_wat).unwrap();
+    let ticker = engine.clone();
+    let ticking = std::thread::spawn(move || {
+        for _ in 0..20 {
+            ticker.increment_epoch();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    });
+    let threads = WasiThreads::new(&engine, &counted).unwrap();
+    let outcome = run_recording_guest(&engine, threads, Default::default(), |_, _, _| {});
+    ticking.join().unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Exit {
+            code: 3,
+            tid: MAIN_TID
+        }
+    );
     // And the embedder's own tick reaches a program's threads as its own
     // setup says: here, a trap.
     let config = wasi_threads_host::ThreadsConfig::new().store_setup(|store| {

@@ -132,8 +132,9 @@ impl<T: 'static> ThreadsConfig<T> {
 
     /// Setup run on every store of the program, the main thread's and every
     /// spawned thread's: resource limiters, fuel, epoch deadlines and the
-    /// like. The host uses none of these itself, so what `setup` does is
-    /// exactly what every store gets.
+    /// like. The host uses none of these itself; it only sets the epoch
+    /// deadline far away before `setup` runs, so that on an engine with
+    /// epoch interruption stores are not interrupted unless `setup` says so.
     pub fn store_setup(
         mut self,
         setup: impl Fn(&mut Store<T>) -> Result<()> + Send + Sync + 'static,

@@ -26,6 +26,10 @@ pub const EAGAIN: i32 = 6;
 /// WASI errno `ENOSYS`: the module cannot start threads at all.
 pub const ENOSYS: i32 = 52;
 
+/// Ticks from now to a program store's default epoch deadline: never, in
+/// practice, and far from overflowing the engine's epoch counter.
+const EPOCH_DEADLINE_NEVER: u64 = 1 << 62;
+
 /// Per-store setup an embedder wants on every store of the program (limits,
 /// fuel, ...), spawned threads' stores included.
 pub(crate) type StoreSetup<T> = Arc<dyn Fn(&mut Store<T>) -> Result<()> + Send + Sync>;
@@ -79,10 +83,15 @@ pub(crate) fn check_entry_point(module: &Module) -> Option<String> {
 
 impl<T: Clone + Send + 'static> Shared<T> {
     /// A store for one of this program's threads, with the embedder's
-    /// setup. Nothing of the host's is in it: a stop reaches running wasm
-    /// through the stop flag the instance imports.
+    /// setup. A stop reaches running wasm through the stop flag the instance
+    /// imports, not through the store.
     pub fn new_store(&self, data: T) -> Result<Store<T>> {
         let mut store = Store::new(&self.engine, data);
+        // A new store's epoch deadline is the current epoch: on an engine
+        // with epoch interruption (the embedder's choice, not the host's)
+        // every store would be interrupted at its first check. Far away by
+        // default; the embedder's setup sets its own.
+        store.set_epoch_deadline(EPOCH_DEADLINE_NEVER);
         if let Some(setup) = &self.store_setup {
             setup(&mut store)?;
         }
