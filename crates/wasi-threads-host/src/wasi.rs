@@ -19,9 +19,12 @@ use crate::WasiThreads;
 use crate::stdin::SharedStdin;
 use crate::stdio::{SharedOutput, WriteFailed};
 use crate::stop::{StopSignal, Stopped};
-use parking_lot::Mutex;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering, fence};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use wasmtime::Result;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -43,7 +46,7 @@ const RANDOM_CHUNK: u32 = 64 * 1024;
 /// every spawned thread.
 #[derive(Clone)]
 pub struct SharedWasi {
-    ctx: Arc<Mutex<WasiP1Ctx>>,
+    ctx: Arc<CtxLock>,
     stop: StopSignal,
     hostcall_fuel: usize,
     stdin: Option<SharedStdin>,
@@ -76,7 +79,7 @@ impl SharedWasi {
     /// Shares `ctx`; blocking calls give up when `stop` fires.
     pub(crate) fn with_stop_signal(ctx: WasiP1Ctx, stop: StopSignal) -> Self {
         SharedWasi {
-            ctx: Arc::new(Mutex::new(ctx)),
+            ctx: Arc::new(CtxLock::new(ctx)),
             stop,
             hostcall_fuel: usize::MAX,
             stdin: None,
@@ -144,9 +147,25 @@ impl SharedWasi {
     }
 
     /// Runs `f` on the context. Holding it stalls every other thread's WASI
-    /// calls, so keep `f` short.
+    /// calls, so keep `f` short. It waits for the context like a guest
+    /// thread's call does, but not for the program's stop: a thread blocked
+    /// in a syscall while holding it (the open of a FIFO nobody writes, say)
+    /// makes this wait until the syscall returns.
     pub fn with_ctx<R>(&self, f: impl FnOnce(&mut WasiP1Ctx) -> R) -> R {
-        f(&mut self.ctx.lock())
+        let mut ctx = match self.ctx.try_lock() {
+            Some(ctx) => ctx,
+            None => block_on(self.ctx.lock()),
+        };
+        f(&mut ctx)
+    }
+
+    /// The context for a synchronous call: at once when it is free, else
+    /// once it is, unless the program stops first.
+    fn lock_blocking(&self) -> Result<CtxGuard<'_>, types::Error> {
+        match self.ctx.try_lock() {
+            Some(ctx) => Ok(ctx),
+            None => block_on(self.stop.race(self.ctx.lock())).map_err(Self::stopped),
+        }
     }
 
     fn stopped(_: Stopped) -> types::Error {
@@ -278,6 +297,139 @@ impl SharedWasi {
             written += 1;
         }
         Ok(written)
+    }
+}
+
+/// The shared context and its lock.
+///
+/// A thread that finds the context taken must be able to give up waiting
+/// when the program stops: another thread may hold it for as long as a
+/// syscall inside `wasmtime-wasi` blocks (the open or read of a FIFO), and a
+/// stopped program must not leave every other thread stuck behind it. So the
+/// wait is a future, raced against the [`StopSignal`] like every other wait.
+/// Taking and releasing a free lock cost what `parking_lot`'s do (it is one,
+/// plus a fence and a load on release); a taken lock is first spun on as
+/// `parking_lot` does, and only then waited for on `unlocked`. Like
+/// `parking_lot` (and unlike a fair queue) a running thread may take the lock
+/// before a woken waiter does, which keeps a contended fd table from handing
+/// it over with a context switch per call.
+struct CtxLock {
+    ctx: parking_lot::Mutex<WasiP1Ctx>,
+    /// How many threads are (about to be) waiting on `unlocked`.
+    waiting: AtomicUsize,
+    /// Notified on release while `waiting` is not zero.
+    unlocked: tokio::sync::Notify,
+}
+
+impl CtxLock {
+    fn new(ctx: WasiP1Ctx) -> Self {
+        CtxLock {
+            ctx: parking_lot::Mutex::new(ctx),
+            waiting: AtomicUsize::new(0),
+            unlocked: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The context, if no thread holds it.
+    fn try_lock(&self) -> Option<CtxGuard<'_>> {
+        self.ctx.try_lock().map(|ctx| CtxGuard {
+            lock: self,
+            ctx: ManuallyDrop::new(ctx),
+        })
+    }
+
+    /// The context, once no thread holds it. Dropping the future gives up
+    /// the wait (and hands a wake-up it received on to the next waiter).
+    async fn lock(&self) -> CtxGuard<'_> {
+        let mut spin = parking_lot_core::SpinWait::new();
+        loop {
+            if let Some(ctx) = self.try_lock() {
+                return ctx;
+            }
+            if !spin.spin() {
+                break;
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            let mut unlocked = pin!(self.unlocked.notified());
+            unlocked.as_mut().enable();
+            // Pairs with the fence in `CtxGuard::drop`: either the releasing
+            // thread sees `waiting` and notifies (this thread is enabled, so
+            // it cannot miss that), or this `try_lock` sees the release.
+            fence(Ordering::SeqCst);
+            if let Some(ctx) = self.try_lock() {
+                return ctx;
+            }
+            unlocked.await;
+        }
+    }
+}
+
+/// Counts one thread out of `CtxLock::waiting` when its wait ends, however
+/// it ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The locked context; releasing it wakes a waiter, if any.
+struct CtxGuard<'a> {
+    lock: &'a CtxLock,
+    ctx: ManuallyDrop<parking_lot::MutexGuard<'a, WasiP1Ctx>>,
+}
+
+impl Deref for CtxGuard<'_> {
+    type Target = WasiP1Ctx;
+    fn deref(&self) -> &WasiP1Ctx {
+        &self.ctx
+    }
+}
+
+impl DerefMut for CtxGuard<'_> {
+    fn deref_mut(&mut self) -> &mut WasiP1Ctx {
+        &mut self.ctx
+    }
+}
+
+impl Drop for CtxGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` is dropped exactly once, here, and never used after.
+        unsafe { ManuallyDrop::drop(&mut self.ctx) };
+        fence(Ordering::SeqCst);
+        if self.lock.waiting.load(Ordering::Relaxed) > 0 {
+            self.lock.unlocked.notify_one();
+        }
+    }
+}
+
+/// Drives `future` to completion on the calling thread, parking it while
+/// the future is pending. Needs no runtime: the futures it drives here (the
+/// context's lock, raced against the stop signal) wake through their wakers
+/// only, so it works on a guest thread and inside an embedder's runtime.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        // A wake-up before this park makes it return at once.
+        std::thread::park();
     }
 }
 
@@ -436,12 +588,13 @@ mod sync {
     }
 }
 
-/// Forwards calls that cannot block to the shared context under its lock.
+/// Forwards calls that cannot block to the shared context under its lock;
+/// waiting for the lock gives up when the program stops.
 macro_rules! forward {
     ($( fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
         $(
             fn $name(&mut self, memory: &mut GuestMemory<'_> $(, $arg: $ty)*) -> $ret {
-                let mut ctx = self.ctx.lock();
+                let mut ctx = self.lock_blocking()?;
                 ctx.set_hostcall_fuel(self.hostcall_fuel);
                 ctx.$name(memory $(, $arg)*)
             }
@@ -449,16 +602,19 @@ macro_rules! forward {
     };
 }
 
-/// Runs one call on the locked context, racing it against the stop signal;
-/// evaluates to the call's result.
+/// Runs one call on the locked context, racing the wait for the lock and the
+/// call against the stop signal; evaluates to the call's result.
 macro_rules! locked {
     ($self:ident, $ctx:ident => $call:expr) => {{
-        let shared = $self.ctx.clone();
+        let shared = &$self.ctx;
         let fuel = $self.hostcall_fuel;
         $self
             .stop
             .race(async move {
-                let mut $ctx = shared.lock();
+                let mut $ctx = match shared.try_lock() {
+                    Some(ctx) => ctx,
+                    None => shared.lock().await,
+                };
                 $ctx.set_hostcall_fuel(fuel);
                 $call.await
             })
@@ -478,11 +634,10 @@ macro_rules! forward_async {
     };
 }
 
-// Holding the context's (blocking) lock across an await is the point: the
-// lock *is* the fd table's serialisation, and each call's future is driven by
-// `block_on` on its own guest thread, so no executor thread is starved. The
-// calls that can wait long are the ones that never hold it while waiting.
-#[allow(clippy::await_holding_lock)]
+// Holding the context's lock across an await is the point: the lock *is* the
+// fd table's serialisation, and each call's future is driven on its own guest
+// thread, so no executor thread is starved. The calls that can wait long are
+// the ones that never hold it while waiting.
 impl WasiSnapshotPreview1 for SharedWasi {
     fn set_hostcall_fuel(&mut self, fuel: usize) {
         self.hostcall_fuel = fuel;
@@ -559,7 +714,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         // `wasmtime-wasi` allocates `buf_len` random bytes before it checks
         // the buffer: check first, then fill it a bounded chunk at a time.
         check_array(memory, buf, buf_len)?;
-        let mut ctx = self.ctx.lock();
+        let mut ctx = self.lock_blocking()?;
         ctx.set_hostcall_fuel(self.hostcall_fuel);
         let mut done = 0;
         while done < buf_len {
