@@ -580,7 +580,9 @@ fn run_library(wat: &str, dir: &std::path::Path, timeout: Option<Duration>) -> L
     let events = threads.events();
     let mut builder = WasiCtxBuilder::new();
     builder.allow_blocking_current_thread(true);
-    builder.preopened_dir(dir, "/d", FsPerms::ReadWrite).unwrap();
+    builder
+        .preopened_dir(dir, "/d", FsPerms::ReadWrite)
+        .unwrap();
     let wasi = SharedWasi::new(builder.build_p1(), &threads);
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(&engine);

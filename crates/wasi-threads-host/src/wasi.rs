@@ -47,6 +47,10 @@ const RANDOM_CHUNK: u32 = 64 * 1024;
 #[derive(Clone)]
 pub struct SharedWasi {
     ctx: Arc<CtxLock>,
+    /// The context's arguments and environment, read out of it so that
+    /// `args_*` and `environ_*` need not take it; `None` if it would not
+    /// give them (those calls then go to the context).
+    cli: Arc<parking_lot::RwLock<Option<CliStrings>>>,
     stop: StopSignal,
     hostcall_fuel: usize,
     stdin: Option<SharedStdin>,
@@ -56,6 +60,95 @@ pub struct SharedWasi {
     /// from then on that fd is no longer the stream given here, and calls on
     /// it go through the context.
     stdio_moved: Arc<AtomicU8>,
+}
+
+/// The arguments and environment as the context gives them to the guest:
+/// what `wasmtime-wasi`'s own `args_*` and `environ_*` read (through the same
+/// public `wasi:cli/environment` host calls) and write, in the same way.
+struct CliStrings {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl CliStrings {
+    fn of(ctx: &mut WasiP1Ctx) -> Option<Self> {
+        use wasmtime_wasi::cli::WasiCliView as _;
+        use wasmtime_wasi::p2::bindings::cli::environment::Host as _;
+        let mut cli = ctx.cli();
+        Some(CliStrings {
+            args: cli.get_arguments().ok()?,
+            env: cli.get_environment().ok()?,
+        })
+    }
+
+    fn args_sizes(&self) -> Result<(types::Size, types::Size), types::Error> {
+        let num = self.args.len().try_into()?;
+        // Each one `\0`-terminated.
+        let len = self.args.iter().map(|a| a.len() + 1).sum::<usize>();
+        Ok((num, len.try_into()?))
+    }
+
+    fn environ_sizes(&self) -> Result<(types::Size, types::Size), types::Error> {
+        let num = self.env.len().try_into()?;
+        // Each one `KEY=VALUE\0`.
+        let len = self.env.iter().map(|(k, v)| k.len() + 1 + v.len() + 1);
+        Ok((num, len.sum::<usize>().try_into()?))
+    }
+
+    fn write_args(
+        &self,
+        memory: &mut GuestMemory<'_>,
+        mut argv: GuestPtr<GuestPtr<u8>>,
+        mut buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        for arg in &self.args {
+            memory.write(argv, buf)?;
+            argv = argv.add(1)?;
+            buf = write_bytes(memory, buf, arg.as_bytes())?;
+            buf = write_byte(memory, buf, 0)?;
+        }
+        Ok(())
+    }
+
+    fn write_environ(
+        &self,
+        memory: &mut GuestMemory<'_>,
+        mut environ: GuestPtr<GuestPtr<u8>>,
+        mut buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        for (key, value) in &self.env {
+            memory.write(environ, buf)?;
+            environ = environ.add(1)?;
+            buf = write_bytes(memory, buf, key.as_bytes())?;
+            buf = write_byte(memory, buf, b'=')?;
+            buf = write_bytes(memory, buf, value.as_bytes())?;
+            buf = write_byte(memory, buf, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` at `ptr`, as `wasmtime-wasi` writes strings out (the
+/// whole range is checked before anything is written), and points past them.
+fn write_bytes(
+    memory: &mut GuestMemory<'_>,
+    ptr: GuestPtr<u8>,
+    bytes: &[u8],
+) -> Result<GuestPtr<u8>, types::Error> {
+    let len = u32::try_from(bytes.len())?;
+    memory.copy_from_slice(bytes, ptr.as_array(len))?;
+    Ok(ptr.add(len)?)
+}
+
+/// Writes one byte at `ptr`, as `wasmtime-wasi` writes a terminator, and
+/// points past it.
+fn write_byte(
+    memory: &mut GuestMemory<'_>,
+    ptr: GuestPtr<u8>,
+    byte: u8,
+) -> Result<GuestPtr<u8>, types::Error> {
+    memory.write(ptr, byte)?;
+    Ok(ptr.add(1)?)
 }
 
 /// One subscription of a `poll_oneoff` that [`SharedWasi`] waits on itself.
@@ -77,8 +170,9 @@ impl SharedWasi {
     }
 
     /// Shares `ctx`; blocking calls give up when `stop` fires.
-    pub(crate) fn with_stop_signal(ctx: WasiP1Ctx, stop: StopSignal) -> Self {
+    pub(crate) fn with_stop_signal(mut ctx: WasiP1Ctx, stop: StopSignal) -> Self {
         SharedWasi {
+            cli: Arc::new(parking_lot::RwLock::new(CliStrings::of(&mut ctx))),
             ctx: Arc::new(CtxLock::new(ctx)),
             stop,
             hostcall_fuel: usize::MAX,
@@ -156,7 +250,10 @@ impl SharedWasi {
             Some(ctx) => ctx,
             None => block_on(self.ctx.lock()),
         };
-        f(&mut ctx)
+        let result = f(&mut ctx);
+        // `f` may have replaced the context's arguments or environment.
+        *self.cli.write() = CliStrings::of(&mut ctx);
+        result
     }
 
     /// The context for a synchronous call: at once when it is free, else
@@ -644,10 +741,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
     }
 
     forward! {
-        fn args_get(argv: GuestPtr<GuestPtr<u8>>, argv_buf: GuestPtr<u8>) -> Result<(), types::Error>;
-        fn args_sizes_get() -> Result<(types::Size, types::Size), types::Error>;
-        fn environ_get(environ: GuestPtr<GuestPtr<u8>>, environ_buf: GuestPtr<u8>) -> Result<(), types::Error>;
-        fn environ_sizes_get() -> Result<(types::Size, types::Size), types::Error>;
         fn clock_res_get(id: types::Clockid) -> Result<types::Timestamp, types::Error>;
         fn clock_time_get(id: types::Clockid, precision: types::Timestamp) -> Result<types::Timestamp, types::Error>;
         fn fd_allocate(fd: types::Fd, offset: types::Filesize, len: types::Filesize) -> Result<(), types::Error>;
@@ -703,6 +796,53 @@ impl WasiSnapshotPreview1 for SharedWasi {
             return self.poll_planned(memory, &plan, events).await;
         }
         locked!(self, ctx => ctx.poll_oneoff(memory, subs, events, nsubscriptions))
+    }
+
+    // The arguments and environment never need the fd table.
+
+    fn args_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        argv: GuestPtr<GuestPtr<u8>>,
+        argv_buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.write_args(memory, argv, argv_buf);
+        }
+        self.lock_blocking()?.args_get(memory, argv, argv_buf)
+    }
+
+    fn args_sizes_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+    ) -> Result<(types::Size, types::Size), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.args_sizes();
+        }
+        self.lock_blocking()?.args_sizes_get(memory)
+    }
+
+    fn environ_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        environ: GuestPtr<GuestPtr<u8>>,
+        environ_buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.write_environ(memory, environ, environ_buf);
+        }
+        self.lock_blocking()?
+            .environ_get(memory, environ, environ_buf)
+    }
+
+    fn environ_sizes_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+    ) -> Result<(types::Size, types::Size), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.environ_sizes();
+        }
+        self.lock_blocking()?.environ_sizes_get(memory)
     }
 
     fn random_get(
@@ -810,5 +950,133 @@ impl WasiSnapshotPreview1 for SharedWasi {
     fn sched_yield(&mut self, _memory: &mut GuestMemory<'_>) -> Result<(), types::Error> {
         std::thread::yield_now();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime_wasi::WasiCtxBuilder;
+
+    fn ctx() -> WasiP1Ctx {
+        WasiCtxBuilder::new()
+            .args(&["prog", "", "ünï"])
+            .env("A", "1")
+            .env("EMPTY", "")
+            .env("K", "v=w")
+            .build_p1()
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Call {
+        ArgsSizes,
+        EnvironSizes,
+        /// `args_get(ptrs, buf)`
+        Args(u32, u32),
+        /// `environ_get(ptrs, buf)`
+        Environ(u32, u32),
+    }
+
+    /// What `call` leaves in a 256-byte memory, and returns.
+    fn run(call: Call, wasi: &mut impl WasiSnapshotPreview1) -> (Vec<u8>, String) {
+        let mut bytes = vec![0xAAu8; 256];
+        let memory = &mut GuestMemory::Unshared(&mut bytes);
+        let result = match call {
+            Call::ArgsSizes => wasi.args_sizes_get(memory).map(|s| format!("{s:?}")),
+            Call::EnvironSizes => wasi.environ_sizes_get(memory).map(|s| format!("{s:?}")),
+            Call::Args(p, b) => wasi
+                .args_get(memory, GuestPtr::new(p), GuestPtr::new(b))
+                .map(|()| String::new()),
+            Call::Environ(p, b) => wasi
+                .environ_get(memory, GuestPtr::new(p), GuestPtr::new(b))
+                .map(|()| String::new()),
+        };
+        let result = result.unwrap_or_else(|e| match e.downcast() {
+            Ok(errno) => format!("errno {errno:?}"),
+            Err(trap) => format!("trap {trap}"),
+        });
+        (bytes, result)
+    }
+
+    /// The arguments and environment read once give the guest exactly what
+    /// the context gives it: bytes, sizes, and errors (buffers running past
+    /// the end of memory part-way through).
+    #[test]
+    fn args_and_environ_are_answered_as_the_context_answers() {
+        let mut direct = ctx();
+        let mut shared = SharedWasi::with_stop_signal(ctx(), StopSignal::new());
+        let calls = [
+            Call::ArgsSizes,
+            Call::EnvironSizes,
+            Call::Args(0, 64),
+            Call::Environ(0, 64),
+            Call::Args(0, 250),
+            Call::Environ(0, 245),
+            Call::Environ(248, 0),
+        ];
+        for call in calls {
+            let expected = run(call, &mut direct);
+            assert_eq!(run(call, &mut shared), expected, "{call:?}");
+        }
+        // They need not wait for the context.
+        let lock = shared.ctx.clone();
+        let held = lock.try_lock();
+        assert!(held.is_some());
+        assert_eq!(
+            run(Call::Environ(0, 64), &mut shared),
+            run(Call::Environ(0, 64), &mut direct)
+        );
+    }
+
+    /// A thread waiting for the context held by another gives up when the
+    /// program stops, and the holder's release still works afterwards.
+    #[test]
+    fn a_wait_for_the_context_gives_up_on_stop() {
+        let stop = StopSignal::new();
+        let shared = SharedWasi::with_stop_signal(ctx(), stop.clone());
+        let held = shared.ctx.try_lock();
+        assert!(held.is_some());
+        let waiter = {
+            let shared = shared.clone();
+            std::thread::spawn(move || shared.lock_blocking().map(|_| ()).is_err())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        stop.trigger();
+        assert!(waiter.join().unwrap(), "the waiter took a held lock");
+        drop(held);
+        assert_eq!(shared.ctx.waiting.load(Ordering::SeqCst), 0);
+        assert!(shared.ctx.try_lock().is_some());
+    }
+
+    /// Threads taking the context in turn, synchronously and asynchronously:
+    /// one holder at a time, and no waiter left behind.
+    #[test]
+    fn the_context_lock_excludes_and_wakes_every_waiter() {
+        let shared = SharedWasi::with_stop_signal(ctx(), StopSignal::new());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (shared, inside) = (shared.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for i in 0..2000 {
+                        let ctx = if (t + i) % 2 == 0 {
+                            shared.lock_blocking().ok()
+                        } else {
+                            Some(block_on(shared.ctx.lock()))
+                        };
+                        assert!(ctx.is_some());
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                        if i % 64 == 0 {
+                            std::thread::yield_now();
+                        }
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(shared.ctx.waiting.load(Ordering::SeqCst), 0);
     }
 }
