@@ -230,13 +230,20 @@ fn main() {
             continue;
         }
         let (mut n, mut o, mut w, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
+        for round in 0..rounds {
             n.push(runners.native(&args));
             match &runners.before {
                 Some(before) => {
+                    // Taking turns at going first, so that neither build
+                    // always follows the same runner.
                     let this = std::env::current_exe().expect("this binary's path");
-                    o.push(runners.once(&this, &args));
-                    b.push(runners.once(before, &args));
+                    if round % 2 == 0 {
+                        o.push(runners.once(&this, &args));
+                        b.push(runners.once(before, &args));
+                    } else {
+                        b.push(runners.once(before, &args));
+                        o.push(runners.once(&this, &args));
+                    }
                 }
                 None => o.push(runners.ours(&args)),
             }
