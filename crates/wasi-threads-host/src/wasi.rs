@@ -4,11 +4,27 @@
 //! takes `&mut`, so [`SharedWasi`] keeps the one context (one fd table) behind
 //! a lock that every thread's store data points to. Calls that can block are
 //! raced against the program's [`StopSignal`], so the supervisor can end a
-//! thread stuck in one. Nothing that can block for long holds the lock:
-//! sleeps, `sched_yield` and `proc_exit` never take it, and a read of (or
-//! poll on) a [`SharedStdin`] waits for input before taking it, and a
-//! write to a [`SharedOutput`] (stdout, stderr) is handed to that output's
-//! pump without taking it at all.
+//! thread stuck in one, and so is every wait for the lock: a thread that
+//! holds it while blocked (see below) stalls the threads that need the
+//! context only until the program stops, and they then leave at once.
+//!
+//! Nothing that can block for long holds the lock where this crate can help
+//! it: sleeps, `sched_yield` and `proc_exit` never take it, a read of (or
+//! poll on) a [`SharedStdin`] waits for input before taking it, a write to a
+//! [`SharedOutput`] (stdout, stderr) is handed to that output's pump without
+//! taking it at all, and the arguments and environment (fixed once the
+//! context is built) are read out of it once and answered without it.
+//!
+//! What still holds it: every call on the fd table, for the length of the
+//! call, I/O included. `wasmtime-wasi` keeps the table (and file positions)
+//! private, so a call on a descriptor runs inside the locked context; with
+//! blocking allowed on the current thread (as [`crate::Runner`] sets) a
+//! syscall that blocks — the open or read of a FIFO nobody writes — blocks
+//! there, holding the lock, where no stop signal reaches. Such a thread can
+//! only be abandoned at the join timeout; every other thread leaves when the
+//! program stops. Clocks and `random_get` also go through the context: an
+//! embedder may have given it clocks and generators of its own, and those
+//! live inside it, `Send` but not `Sync`.
 //!
 //! No size or pointer the guest passes is trusted: the calls implemented
 //! here check counts against the memory before they allocate or loop, and
