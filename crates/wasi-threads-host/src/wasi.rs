@@ -914,7 +914,11 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if let Some(stdin) = self.stdin_at(fd).cloned() {
             // Wait for input without the context, one reader at a time so
             // that the input this thread waited for is still there to read.
-            let _turn = stdin.turn();
+            let _turn = self
+                .stop
+                .race(stdin.turn())
+                .await
+                .map_err(SharedWasi::stopped)?;
             self.stop
                 .race(stdin.readable())
                 .await
