@@ -43,7 +43,9 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering, fence};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use wasmtime::Result;
+use wasmtime_wasi::clocks::{WasiClocksCtx, WasiClocksCtxView};
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{ResourceTable, WasiCtxBuilder, WasiView as _};
 use wasmtime_wasi::p1::types;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
 use wiggle::{GuestMemory, GuestPtr, GuestType};
@@ -67,6 +69,9 @@ pub struct SharedWasi {
     /// `args_*` and `environ_*` need not take it; `None` if it would not
     /// give them (those calls then go to the context).
     cli: Arc<parking_lot::RwLock<Option<CliStrings>>>,
+    /// The context's clocks, moved out of it so that reading them need not
+    /// wait for the fd table; the context keeps forwarders to them.
+    clocks: Arc<parking_lot::Mutex<Clocks>>,
     stop: StopSignal,
     hostcall_fuel: usize,
     stdin: Option<SharedStdin>,
@@ -167,6 +172,145 @@ fn write_byte(
     Ok(ptr.add(1)?)
 }
 
+/// The clocks of a context, with the (empty) resource table its clock host
+/// calls take.
+struct Clocks {
+    clocks: WasiClocksCtx,
+    table: ResourceTable,
+}
+
+impl Clocks {
+    /// Moves `ctx`'s clocks out of it, leaving forwarders to them in their
+    /// place: the context reads the same clocks as before (its own
+    /// `poll_oneoff` deadlines, say), and [`SharedWasi`] reads them without
+    /// the context's lock. The clocks are `Send` but not `Sync`, so they
+    /// have a lock of their own, held only while one is read.
+    fn move_out_of(ctx: &mut WasiP1Ctx) -> Arc<parking_lot::Mutex<Clocks>> {
+        let clocks = Arc::new(parking_lot::Mutex::new(Clocks {
+            clocks: WasiClocksCtx::default(),
+            table: ResourceTable::new(),
+        }));
+        // Only a builder makes a `WasiClocksCtx` of clocks of one's own.
+        let mut forwarders = WasiCtxBuilder::new();
+        forwarders
+            .wall_clock(ForwardWallClock(clocks.clone()))
+            .monotonic_clock(ForwardMonotonicClock(clocks.clone()));
+        let mut forwarders = forwarders.build();
+        std::mem::swap(ctx.ctx().ctx.clocks(), forwarders.clocks());
+        std::mem::swap(&mut clocks.lock().clocks, forwarders.clocks());
+        clocks
+    }
+
+    fn view(&mut self) -> WasiClocksCtxView<'_> {
+        WasiClocksCtxView {
+            ctx: &mut self.clocks,
+            table: &mut self.table,
+        }
+    }
+
+    /// `clock_time_get`, as `wasmtime-wasi` answers it.
+    fn time(&mut self, id: types::Clockid) -> Result<types::Timestamp, types::Error> {
+        use wasmtime::error::Context as _;
+        use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+        Ok(match id {
+            types::Clockid::Realtime => wall_clock::Host::now(&mut self.view())
+                .context("failed to call `wall_clock::now`")
+                .map_err(types::Error::trap)?
+                .try_into()?,
+            types::Clockid::Monotonic => monotonic_clock::Host::now(&mut self.view())
+                .context("failed to call `monotonic_clock::now`")
+                .map_err(types::Error::trap)?,
+            types::Clockid::ProcessCputimeId | types::Clockid::ThreadCputimeId => {
+                return Err(types::Errno::Badf.into());
+            }
+        })
+    }
+
+    /// `clock_res_get`, as `wasmtime-wasi` answers it.
+    fn resolution(&mut self, id: types::Clockid) -> Result<types::Timestamp, types::Error> {
+        use wasmtime::error::Context as _;
+        use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+        Ok(match id {
+            types::Clockid::Realtime => wall_clock::Host::resolution(&mut self.view())
+                .context("failed to call `wall_clock::resolution`")
+                .map_err(types::Error::trap)?
+                .try_into()?,
+            types::Clockid::Monotonic => monotonic_clock::Host::resolution(&mut self.view())
+                .context("failed to call `monotonic_clock::resolution`")
+                .map_err(types::Error::trap)?,
+            types::Clockid::ProcessCputimeId | types::Clockid::ThreadCputimeId => {
+                return Err(types::Errno::Badf.into());
+            }
+        })
+    }
+}
+
+/// The wall clock left in the context, reading the one moved out of it.
+struct ForwardWallClock(Arc<parking_lot::Mutex<Clocks>>);
+
+impl ForwardWallClock {
+    fn read(
+        &self,
+        read: fn(
+            &mut WasiClocksCtxView<'_>,
+        ) -> wasmtime::Result<wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime>,
+    ) -> Duration {
+        // The clocks' host calls never fail; the type allows it.
+        read(&mut self.0.lock().view())
+            .map(|t| Duration::new(t.seconds, t.nanoseconds))
+            .unwrap_or_default()
+    }
+}
+
+impl wasmtime_wasi::HostWallClock for ForwardWallClock {
+    fn resolution(&self) -> Duration {
+        use wasmtime_wasi::p2::bindings::clocks::wall_clock::Host;
+        self.read(|view| view.resolution())
+    }
+
+    fn now(&self) -> Duration {
+        use wasmtime_wasi::p2::bindings::clocks::wall_clock::Host;
+        self.read(|view| view.now())
+    }
+}
+
+/// The monotonic clock left in the context, reading the one moved out of it.
+struct ForwardMonotonicClock(Arc<parking_lot::Mutex<Clocks>>);
+
+impl wasmtime_wasi::HostMonotonicClock for ForwardMonotonicClock {
+    fn resolution(&self) -> u64 {
+        use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host;
+        // The clocks' host calls never fail; the type allows it.
+        self.0.lock().view().resolution().unwrap_or_default()
+    }
+
+    fn now(&self) -> u64 {
+        use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host;
+        self.0.lock().view().now().unwrap_or_default()
+    }
+}
+
+/// While it lives, the context holds its own clocks again (and the
+/// forwarders wait in the shared slot); dropping it, even in a panic,
+/// moves whatever clocks the context then holds back out.
+struct ClocksPutBack<'a> {
+    ctx: &'a mut WasiP1Ctx,
+    clocks: parking_lot::MutexGuard<'a, Clocks>,
+}
+
+impl<'a> ClocksPutBack<'a> {
+    fn new(ctx: &'a mut WasiP1Ctx, mut clocks: parking_lot::MutexGuard<'a, Clocks>) -> Self {
+        std::mem::swap(ctx.ctx().ctx.clocks(), &mut clocks.clocks);
+        ClocksPutBack { ctx, clocks }
+    }
+}
+
+impl Drop for ClocksPutBack<'_> {
+    fn drop(&mut self) {
+        std::mem::swap(self.ctx.ctx().ctx.clocks(), &mut self.clocks.clocks);
+    }
+}
+
 /// One subscription of a `poll_oneoff` that [`SharedWasi`] waits on itself.
 enum Sub {
     Clock(types::Userdata, types::SubscriptionClock),
@@ -189,6 +333,7 @@ impl SharedWasi {
     pub(crate) fn with_stop_signal(mut ctx: WasiP1Ctx, stop: StopSignal) -> Self {
         SharedWasi {
             cli: Arc::new(parking_lot::RwLock::new(CliStrings::of(&mut ctx))),
+            clocks: Clocks::move_out_of(&mut ctx),
             ctx: Arc::new(CtxLock::new(ctx)),
             stop,
             hostcall_fuel: usize::MAX,
@@ -266,7 +411,12 @@ impl SharedWasi {
             Some(ctx) => ctx,
             None => block_on(self.ctx.lock()),
         };
-        let result = f(&mut ctx);
+        let result = {
+            // `f` sees the context as it was built, its own clocks in it, and
+            // whatever clocks it leaves there are the ones read from then on.
+            let clocks = ClocksPutBack::new(&mut ctx, self.clocks.lock());
+            f(clocks.ctx)
+        };
         // `f` may have replaced the context's arguments or environment.
         *self.cli.write() = CliStrings::of(&mut ctx);
         result
@@ -757,8 +907,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
     }
 
     forward! {
-        fn clock_res_get(id: types::Clockid) -> Result<types::Timestamp, types::Error>;
-        fn clock_time_get(id: types::Clockid, precision: types::Timestamp) -> Result<types::Timestamp, types::Error>;
         fn fd_allocate(fd: types::Fd, offset: types::Filesize, len: types::Filesize) -> Result<(), types::Error>;
         fn fd_fdstat_set_flags(fd: types::Fd, flags: types::Fdflags) -> Result<(), types::Error>;
         fn fd_fdstat_set_rights(fd: types::Fd, base: types::Rights, inheriting: types::Rights) -> Result<(), types::Error>;
@@ -814,7 +962,24 @@ impl WasiSnapshotPreview1 for SharedWasi {
         locked!(self, ctx => ctx.poll_oneoff(memory, subs, events, nsubscriptions))
     }
 
-    // The arguments and environment never need the fd table.
+    // Clocks, arguments and environment never need the fd table.
+
+    fn clock_time_get(
+        &mut self,
+        _memory: &mut GuestMemory<'_>,
+        id: types::Clockid,
+        _precision: types::Timestamp,
+    ) -> Result<types::Timestamp, types::Error> {
+        self.clocks.lock().time(id)
+    }
+
+    fn clock_res_get(
+        &mut self,
+        _memory: &mut GuestMemory<'_>,
+        id: types::Clockid,
+    ) -> Result<types::Timestamp, types::Error> {
+        self.clocks.lock().resolution(id)
+    }
 
     fn args_get(
         &mut self,
@@ -1098,5 +1263,80 @@ mod tests {
             thread.join().unwrap();
         }
         assert_eq!(shared.ctx.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    /// A monotonic clock of an embedder's own: 1000, 2000, ... from `start`.
+    struct Ticks(Arc<std::sync::atomic::AtomicU64>);
+
+    impl wasmtime_wasi::HostMonotonicClock for Ticks {
+        fn resolution(&self) -> u64 {
+            42
+        }
+        fn now(&self) -> u64 {
+            self.0.fetch_add(1000, Ordering::SeqCst) + 1000
+        }
+    }
+
+    struct Fixed;
+
+    impl wasmtime_wasi::HostWallClock for Fixed {
+        fn resolution(&self) -> Duration {
+            Duration::from_nanos(3)
+        }
+        fn now(&self) -> Duration {
+            Duration::new(5, 7)
+        }
+    }
+
+    fn clock_ctx(start: u64) -> WasiP1Ctx {
+        WasiCtxBuilder::new()
+            .monotonic_clock(Ticks(Arc::new(start.into())))
+            .wall_clock(Fixed)
+            .build_p1()
+    }
+
+    /// The clocks are read without the context's lock, and they are the
+    /// context's own: an embedder's clocks, read in one sequence whether
+    /// through `SharedWasi`, the context (its forwarders) or `with_ctx`, and
+    /// replaced by `with_ctx` if it replaces them.
+    #[test]
+    fn clocks_are_the_contexts_own_and_read_without_its_lock() {
+        use types::Clockid::*;
+        let mut shared = SharedWasi::with_stop_signal(clock_ctx(0), StopSignal::new());
+        let mut bytes = [0u8; 0];
+        let memory = &mut GuestMemory::Unshared(&mut bytes);
+        let lock = shared.ctx.clone();
+        {
+            let mut held = lock.try_lock().unwrap();
+            assert_eq!(shared.clock_time_get(memory, Monotonic, 0).unwrap(), 1000);
+            assert_eq!(shared.clock_time_get(memory, Realtime, 0).unwrap(), 5_000_000_007);
+            assert_eq!(shared.clock_res_get(memory, Realtime).unwrap(), 3);
+            assert_eq!(shared.clock_res_get(memory, Monotonic).unwrap(), 42);
+            let errno = |e: types::Error| e.downcast().ok();
+            let cpu = shared.clock_time_get(memory, ProcessCputimeId, 0);
+            assert_eq!(cpu.map_err(errno), Err(Some(types::Errno::Badf)));
+            // The context reads the same clock.
+            assert_eq!(held.clock_time_get(memory, Monotonic, 0).unwrap(), 2000);
+            assert_eq!(held.clock_res_get(memory, Realtime).unwrap(), 3);
+        }
+        let in_ctx = shared.with_ctx(|ctx| {
+            let mut bytes = [0u8; 0];
+            let memory = &mut GuestMemory::Unshared(&mut bytes);
+            ctx.clock_time_get(memory, Monotonic, 0).unwrap()
+        });
+        assert_eq!(in_ctx, 3000);
+        assert_eq!(shared.clock_time_get(memory, Monotonic, 0).unwrap(), 4000);
+        // An embedder replacing the clocks through `with_ctx`.
+        shared.with_ctx(|ctx| {
+            let mut other = WasiCtxBuilder::new();
+            other.monotonic_clock(Ticks(Arc::new(1_000_000.into())));
+            std::mem::swap(ctx.ctx().ctx.clocks(), other.build().clocks());
+        });
+        assert_eq!(
+            shared.clock_time_get(memory, Monotonic, 0).unwrap(),
+            1_001_000
+        );
+        let mut held = lock.try_lock().unwrap();
+        assert_eq!(held.clock_time_get(memory, Monotonic, 0).unwrap(), 1_002_000);
     }
 }
