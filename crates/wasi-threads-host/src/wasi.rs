@@ -45,9 +45,10 @@ use std::time::{Duration, Instant};
 use wasmtime::Result;
 use wasmtime_wasi::clocks::{WasiClocksCtx, WasiClocksCtxView};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{ResourceTable, WasiCtxBuilder, WasiView as _};
 use wasmtime_wasi::p1::types;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+use wasmtime_wasi::random::WasiRandomCtx;
+use wasmtime_wasi::{ResourceTable, WasiCtxBuilder, WasiView as _};
 use wiggle::{GuestMemory, GuestPtr, GuestType};
 
 /// Most bytes one `fd_write` to a [`SharedOutput`] gathers from its iovecs;
@@ -72,6 +73,10 @@ pub struct SharedWasi {
     /// The context's clocks, moved out of it so that reading them need not
     /// wait for the fd table; the context keeps forwarders to them.
     clocks: Arc<parking_lot::Mutex<Clocks>>,
+    /// The context's random generators, moved out of it for `random_get`
+    /// (the only call of the context that uses them); the context keeps
+    /// fresh ones.
+    random: Arc<parking_lot::Mutex<WasiRandomCtx>>,
     stop: StopSignal,
     hostcall_fuel: usize,
     stdin: Option<SharedStdin>,
@@ -253,7 +258,8 @@ impl ForwardWallClock {
         &self,
         read: fn(
             &mut WasiClocksCtxView<'_>,
-        ) -> wasmtime::Result<wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime>,
+        )
+            -> wasmtime::Result<wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime>,
     ) -> Duration {
         // The clocks' host calls never fail; the type allows it.
         read(&mut self.0.lock().view())
@@ -290,24 +296,40 @@ impl wasmtime_wasi::HostMonotonicClock for ForwardMonotonicClock {
     }
 }
 
-/// While it lives, the context holds its own clocks again (and the
-/// forwarders wait in the shared slot); dropping it, even in a panic,
-/// moves whatever clocks the context then holds back out.
-struct ClocksPutBack<'a> {
+/// While it lives, the context holds its own clocks and random generators
+/// again (and the forwarders wait in the shared slot); dropping it, even in
+/// a panic, moves whatever the context then holds back out.
+struct PutBack<'a> {
     ctx: &'a mut WasiP1Ctx,
     clocks: parking_lot::MutexGuard<'a, Clocks>,
+    random: parking_lot::MutexGuard<'a, WasiRandomCtx>,
 }
 
-impl<'a> ClocksPutBack<'a> {
-    fn new(ctx: &'a mut WasiP1Ctx, mut clocks: parking_lot::MutexGuard<'a, Clocks>) -> Self {
-        std::mem::swap(ctx.ctx().ctx.clocks(), &mut clocks.clocks);
-        ClocksPutBack { ctx, clocks }
+impl<'a> PutBack<'a> {
+    fn new(
+        ctx: &'a mut WasiP1Ctx,
+        clocks: parking_lot::MutexGuard<'a, Clocks>,
+        random: parking_lot::MutexGuard<'a, WasiRandomCtx>,
+    ) -> Self {
+        let mut put_back = PutBack {
+            ctx,
+            clocks,
+            random,
+        };
+        put_back.swap();
+        put_back
+    }
+
+    fn swap(&mut self) {
+        let view = self.ctx.ctx();
+        std::mem::swap(view.ctx.clocks(), &mut self.clocks.clocks);
+        std::mem::swap(view.ctx.random(), &mut self.random);
     }
 }
 
-impl Drop for ClocksPutBack<'_> {
+impl Drop for PutBack<'_> {
     fn drop(&mut self) {
-        std::mem::swap(self.ctx.ctx().ctx.clocks(), &mut self.clocks.clocks);
+        self.swap();
     }
 }
 
@@ -334,6 +356,9 @@ impl SharedWasi {
         SharedWasi {
             cli: Arc::new(parking_lot::RwLock::new(CliStrings::of(&mut ctx))),
             clocks: Clocks::move_out_of(&mut ctx),
+            random: Arc::new(parking_lot::Mutex::new(std::mem::take(
+                ctx.ctx().ctx.random(),
+            ))),
             ctx: Arc::new(CtxLock::new(ctx)),
             stop,
             hostcall_fuel: usize::MAX,
@@ -412,10 +437,11 @@ impl SharedWasi {
             None => block_on(self.ctx.lock()),
         };
         let result = {
-            // `f` sees the context as it was built, its own clocks in it, and
-            // whatever clocks it leaves there are the ones read from then on.
-            let clocks = ClocksPutBack::new(&mut ctx, self.clocks.lock());
-            f(clocks.ctx)
+            // `f` sees the context as it was built, its own clocks and
+            // generators in it, and whatever it leaves there are the ones
+            // used from then on.
+            let put_back = PutBack::new(&mut ctx, self.clocks.lock(), self.random.lock());
+            f(put_back.ctx)
         };
         // `f` may have replaced the context's arguments or environment.
         *self.cli.write() = CliStrings::of(&mut ctx);
@@ -1035,12 +1061,19 @@ impl WasiSnapshotPreview1 for SharedWasi {
         // `wasmtime-wasi` allocates `buf_len` random bytes before it checks
         // the buffer: check first, then fill it a bounded chunk at a time.
         check_array(memory, buf, buf_len)?;
-        let mut ctx = self.lock_blocking()?;
-        ctx.set_hostcall_fuel(self.hostcall_fuel);
+        use wasmtime::error::Context as _;
+        use wasmtime_wasi::p2::bindings::random::random::Host as _;
+        let mut random = self.random.lock();
         let mut done = 0;
         while done < buf_len {
             let len = (buf_len - done).min(RANDOM_CHUNK);
-            ctx.random_get(memory, buf.add(done)?, len)?;
+            // As `wasmtime-wasi`'s `random_get`, on the generators moved out
+            // of the context.
+            let bytes = random
+                .get_random_bytes(len.into())
+                .context("failed to call `get-random-bytes`")
+                .map_err(types::Error::trap)?;
+            write_bytes(memory, buf.add(done)?, &bytes)?;
             done += len;
         }
         Ok(())
@@ -1309,7 +1342,10 @@ mod tests {
         {
             let mut held = lock.try_lock().unwrap();
             assert_eq!(shared.clock_time_get(memory, Monotonic, 0).unwrap(), 1000);
-            assert_eq!(shared.clock_time_get(memory, Realtime, 0).unwrap(), 5_000_000_007);
+            assert_eq!(
+                shared.clock_time_get(memory, Realtime, 0).unwrap(),
+                5_000_000_007
+            );
             assert_eq!(shared.clock_res_get(memory, Realtime).unwrap(), 3);
             assert_eq!(shared.clock_res_get(memory, Monotonic).unwrap(), 42);
             let errno = |e: types::Error| e.downcast().ok();
@@ -1337,6 +1373,39 @@ mod tests {
             1_001_000
         );
         let mut held = lock.try_lock().unwrap();
-        assert_eq!(held.clock_time_get(memory, Monotonic, 0).unwrap(), 1_002_000);
+        assert_eq!(
+            held.clock_time_get(memory, Monotonic, 0).unwrap(),
+            1_002_000
+        );
+    }
+
+    /// `random_get` draws from the context's own generators, without its
+    /// lock, and `with_ctx` sees the same generators.
+    #[test]
+    fn random_comes_from_the_contexts_own_generator() {
+        let ctx = || {
+            WasiCtxBuilder::new()
+                .secure_random(wasmtime_wasi::Deterministic::new((0..=250).collect()))
+                .build_p1()
+        };
+        let draw = |wasi: &mut dyn FnMut(&mut GuestMemory<'_>)| {
+            let mut bytes = vec![0u8; 100];
+            wasi(&mut GuestMemory::Unshared(&mut bytes));
+            bytes
+        };
+        let mut direct = ctx();
+        let mut shared = SharedWasi::with_stop_signal(ctx(), StopSignal::new());
+        let lock = shared.ctx.clone();
+        let held = lock.try_lock();
+        for _ in 0..3 {
+            let expected = draw(&mut |m| direct.random_get(m, GuestPtr::new(4), 96).unwrap());
+            let got = draw(&mut |m| shared.random_get(m, GuestPtr::new(4), 96).unwrap());
+            assert_eq!(got, expected);
+        }
+        drop(held);
+        let expected = draw(&mut |m| direct.random_get(m, GuestPtr::new(0), 16).unwrap());
+        let got =
+            shared.with_ctx(|ctx| draw(&mut |m| ctx.random_get(m, GuestPtr::new(0), 16).unwrap()));
+        assert_eq!(got, expected);
     }
 }
