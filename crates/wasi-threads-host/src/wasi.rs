@@ -9,22 +9,26 @@
 //! context only until the program stops, and they then leave at once.
 //!
 //! Nothing that can block for long holds the lock where this crate can help
-//! it: sleeps, `sched_yield` and `proc_exit` never take it, a read of (or
-//! poll on) a [`SharedStdin`] waits for input before taking it, a write to a
+//! it, and nothing that does not need the fd table takes it: sleeps,
+//! `sched_yield` and `proc_exit` never take it; a read of (or poll on) a
+//! [`SharedStdin`] waits for input before taking it; a write to a
 //! [`SharedOutput`] (stdout, stderr) is handed to that output's pump without
-//! taking it at all, and the arguments and environment (fixed once the
-//! context is built) are read out of it once and answered without it.
+//! taking it at all; the arguments and environment (fixed once the context
+//! is built) are read out of it once; and its clocks and random generators
+//! (the embedder's own, if it configured any) are moved out of it, behind
+//! locks of their own held only while one is read, with forwarders left in
+//! the context for its own use of the clocks. Every answer is the one the
+//! context would give: the same objects, read through the same public host
+//! calls `wasmtime-wasi`'s own preview1 functions use.
 //!
-//! What still holds it: every call on the fd table, for the length of the
+//! What still holds it: every call on a descriptor, for the length of the
 //! call, I/O included. `wasmtime-wasi` keeps the table (and file positions)
 //! private, so a call on a descriptor runs inside the locked context; with
 //! blocking allowed on the current thread (as [`crate::Runner`] sets) a
 //! syscall that blocks — the open or read of a FIFO nobody writes — blocks
 //! there, holding the lock, where no stop signal reaches. Such a thread can
 //! only be abandoned at the join timeout; every other thread leaves when the
-//! program stops. Clocks and `random_get` also go through the context: an
-//! embedder may have given it clocks and generators of its own, and those
-//! live inside it, `Send` but not `Sync`.
+//! program stops.
 //!
 //! No size or pointer the guest passes is trusted: the calls implemented
 //! here check counts against the memory before they allocate or loop, and
