@@ -434,7 +434,11 @@ impl SharedWasi {
     /// calls, so keep `f` short. It waits for the context like a guest
     /// thread's call does, but not for the program's stop: a thread blocked
     /// in a syscall while holding it (the open of a FIFO nobody writes, say)
-    /// makes this wait until the syscall returns.
+    /// makes this wait until the syscall returns. `f` sees the context as it
+    /// was built (the clocks and random generators the guest's calls use,
+    /// which are kept outside it otherwise); whatever arguments,
+    /// environment, clocks or generators it leaves in it are the guest's
+    /// from then on.
     pub fn with_ctx<R>(&self, f: impl FnOnce(&mut WasiP1Ctx) -> R) -> R {
         let mut ctx = match self.ctx.try_lock() {
             Some(ctx) => ctx,
@@ -503,7 +507,7 @@ impl SharedWasi {
     ) -> Result<types::Size, types::Error> {
         let started = Instant::now();
         // Absolute deadlines are on the context's own clocks (an embedder may
-        // have replaced them); read them once, briefly holding the lock.
+        // have replaced them); read them once.
         let mut remaining = Vec::with_capacity(plan.len());
         for sub in plan {
             let nanos = match sub {
