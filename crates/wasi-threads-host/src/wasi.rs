@@ -597,6 +597,10 @@ impl SharedWasi {
     }
 }
 
+/// How long a thread waits for the context as `parking_lot` waits, deaf to
+/// the stop signal, before it waits on a future that hears it.
+const PARKED_WAIT: Duration = Duration::from_millis(2);
+
 /// The shared context and its lock.
 ///
 /// A thread that finds the context taken must be able to give up waiting
@@ -605,11 +609,12 @@ impl SharedWasi {
 /// stopped program must not leave every other thread stuck behind it. So the
 /// wait is a future, raced against the [`StopSignal`] like every other wait.
 /// Taking and releasing a free lock cost what `parking_lot`'s do (it is one,
-/// plus a fence and a load on release); a taken lock is first spun on as
-/// `parking_lot` does, and only then waited for on `unlocked`. Like
-/// `parking_lot` (and unlike a fair queue) a running thread may take the lock
-/// before a woken waiter does, which keeps a contended fd table from handing
-/// it over with a context switch per call.
+/// plus a fence and a load on release); a taken lock is first waited for as
+/// `parking_lot` waits (spinning, then parked), for at most [`PARKED_WAIT`],
+/// and only then on `unlocked`. Like `parking_lot` (and unlike a fair queue)
+/// a running thread may take the lock before a woken waiter does, which
+/// keeps a contended fd table from handing it over with a context switch per
+/// call.
 struct CtxLock {
     ctx: parking_lot::Mutex<WasiP1Ctx>,
     /// How many threads are (about to be) waiting on `unlocked`.
@@ -638,14 +643,15 @@ impl CtxLock {
     /// The context, once no thread holds it. Dropping the future gives up
     /// the wait (and hands a wake-up it received on to the next waiter).
     async fn lock(&self) -> CtxGuard<'_> {
-        let mut spin = parking_lot_core::SpinWait::new();
-        loop {
-            if let Some(ctx) = self.try_lock() {
-                return ctx;
-            }
-            if !spin.spin() {
-                break;
-            }
+        // A short wait is `parking_lot`'s own (spin, park, be handed the
+        // lock): a contended fd table changes hands as fast as before. Only
+        // a longer one, which only a holder blocked in I/O causes, waits on
+        // the future below; the stop reaches it at most this late.
+        if let Some(ctx) = self.ctx.try_lock_for(PARKED_WAIT) {
+            return CtxGuard {
+                lock: self,
+                ctx: ManuallyDrop::new(ctx),
+            };
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.waiting);
