@@ -4,9 +4,10 @@
 //! takes `&mut`, so [`SharedWasi`] keeps the one context (one fd table) behind
 //! a lock that every thread's store data points to. Calls that can block are
 //! raced against the program's [`StopSignal`], so the supervisor can end a
-//! thread stuck in one, and so is every wait for the lock: a thread that
-//! holds it while blocked (see below) stalls the threads that need the
-//! context only until the program stops, and they then leave at once.
+//! thread stuck in one, and every wait for the lock heeds it too: a thread
+//! that holds it while blocked (see below) stalls the threads that need the
+//! context only until the program stops, and they then leave (within
+//! [`STOP_POLL`]).
 //!
 //! Nothing that can block for long holds the lock where this crate can help
 //! it, and nothing that does not need the fd table takes it: sleeps,
@@ -39,12 +40,8 @@ use crate::WasiThreads;
 use crate::stdin::SharedStdin;
 use crate::stdio::{SharedOutput, WriteFailed};
 use crate::stop::{StopSignal, Stopped};
-use std::mem::ManuallyDrop;
-use std::ops::{Deref, DerefMut};
-use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering, fence};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::Result;
 use wasmtime_wasi::clocks::{WasiClocksCtx, WasiClocksCtxView};
@@ -69,7 +66,7 @@ const RANDOM_CHUNK: u32 = 64 * 1024;
 /// every spawned thread.
 #[derive(Clone)]
 pub struct SharedWasi {
-    ctx: Arc<CtxLock>,
+    ctx: Arc<parking_lot::Mutex<WasiP1Ctx>>,
     /// The context's arguments and environment, read out of it so that
     /// `args_*` and `environ_*` need not take it; `None` if it would not
     /// give them (those calls then go to the context).
@@ -363,7 +360,7 @@ impl SharedWasi {
             random: Arc::new(parking_lot::Mutex::new(std::mem::take(
                 ctx.ctx().ctx.random(),
             ))),
-            ctx: Arc::new(CtxLock::new(ctx)),
+            ctx: Arc::new(parking_lot::Mutex::new(ctx)),
             stop,
             hostcall_fuel: usize::MAX,
             stdin: None,
@@ -440,10 +437,7 @@ impl SharedWasi {
     /// environment, clocks or generators it leaves in it are the guest's
     /// from then on.
     pub fn with_ctx<R>(&self, f: impl FnOnce(&mut WasiP1Ctx) -> R) -> R {
-        let mut ctx = match self.ctx.try_lock() {
-            Some(ctx) => ctx,
-            None => block_on(self.ctx.lock()),
-        };
+        let mut ctx = self.ctx.lock();
         let result = {
             // `f` sees the context as it was built, its own clocks and
             // generators in it, and whatever it leaves there are the ones
@@ -456,12 +450,26 @@ impl SharedWasi {
         result
     }
 
-    /// The context for a synchronous call: at once when it is free, else
-    /// once it is, unless the program stops first.
-    fn lock_blocking(&self) -> Result<CtxGuard<'_>, types::Error> {
-        match self.ctx.try_lock() {
-            Some(ctx) => Ok(ctx),
-            None => block_on(self.stop.race(self.ctx.lock())).map_err(Self::stopped),
+    /// The context, once no other thread holds it, unless the program stops
+    /// first. Taking a free context costs what `parking_lot`'s lock does (it
+    /// is one). A taken one is waited for as `parking_lot` waits (spinning,
+    /// then parked, handed the lock on release), so a contended fd table
+    /// changes hands as fast as ever, but in slices of [`STOP_POLL`], each
+    /// followed by a look at the stop signal: another thread may hold the
+    /// context for as long as a syscall inside `wasmtime-wasi` blocks (the
+    /// open or read of a FIFO), and a stopped program must not leave every
+    /// other thread stuck behind it.
+    fn lock(&self) -> Result<parking_lot::MutexGuard<'_, WasiP1Ctx>, types::Error> {
+        if let Some(ctx) = self.ctx.try_lock() {
+            return Ok(ctx);
+        }
+        loop {
+            if self.stop.is_stopped() {
+                return Err(Self::stopped(Stopped));
+            }
+            if let Some(ctx) = self.ctx.try_lock_for(STOP_POLL) {
+                return Ok(ctx);
+            }
         }
     }
 
@@ -597,144 +605,10 @@ impl SharedWasi {
     }
 }
 
-/// How long a thread waits for the context as `parking_lot` waits, deaf to
-/// the stop signal, before it waits on a future that hears it.
-const PARKED_WAIT: Duration = Duration::from_millis(2);
-
-/// The shared context and its lock.
-///
-/// A thread that finds the context taken must be able to give up waiting
-/// when the program stops: another thread may hold it for as long as a
-/// syscall inside `wasmtime-wasi` blocks (the open or read of a FIFO), and a
-/// stopped program must not leave every other thread stuck behind it. So the
-/// wait is a future, raced against the [`StopSignal`] like every other wait.
-/// Taking and releasing a free lock cost what `parking_lot`'s do (it is one,
-/// plus a fence and a load on release); a taken lock is first waited for as
-/// `parking_lot` waits (spinning, then parked), for at most [`PARKED_WAIT`],
-/// and only then on `unlocked`. Like `parking_lot` (and unlike a fair queue)
-/// a running thread may take the lock before a woken waiter does, which
-/// keeps a contended fd table from handing it over with a context switch per
-/// call.
-struct CtxLock {
-    ctx: parking_lot::Mutex<WasiP1Ctx>,
-    /// How many threads are (about to be) waiting on `unlocked`.
-    waiting: AtomicUsize,
-    /// Notified on release while `waiting` is not zero.
-    unlocked: tokio::sync::Notify,
-}
-
-impl CtxLock {
-    fn new(ctx: WasiP1Ctx) -> Self {
-        CtxLock {
-            ctx: parking_lot::Mutex::new(ctx),
-            waiting: AtomicUsize::new(0),
-            unlocked: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// The context, if no thread holds it.
-    fn try_lock(&self) -> Option<CtxGuard<'_>> {
-        self.ctx.try_lock().map(|ctx| CtxGuard {
-            lock: self,
-            ctx: ManuallyDrop::new(ctx),
-        })
-    }
-
-    /// The context, once no thread holds it. Dropping the future gives up
-    /// the wait (and hands a wake-up it received on to the next waiter).
-    async fn lock(&self) -> CtxGuard<'_> {
-        // A short wait is `parking_lot`'s own (spin, park, be handed the
-        // lock): a contended fd table changes hands as fast as before. Only
-        // a longer one, which only a holder blocked in I/O causes, waits on
-        // the future below; the stop reaches it at most this late.
-        if let Some(ctx) = self.ctx.try_lock_for(PARKED_WAIT) {
-            return CtxGuard {
-                lock: self,
-                ctx: ManuallyDrop::new(ctx),
-            };
-        }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.waiting);
-        loop {
-            let mut unlocked = pin!(self.unlocked.notified());
-            unlocked.as_mut().enable();
-            // Pairs with the fence in `CtxGuard::drop`: either the releasing
-            // thread sees `waiting` and notifies (this thread is enabled, so
-            // it cannot miss that), or this `try_lock` sees the release.
-            fence(Ordering::SeqCst);
-            if let Some(ctx) = self.try_lock() {
-                return ctx;
-            }
-            unlocked.await;
-        }
-    }
-}
-
-/// Counts one thread out of `CtxLock::waiting` when its wait ends, however
-/// it ends.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The locked context; releasing it wakes a waiter, if any.
-struct CtxGuard<'a> {
-    lock: &'a CtxLock,
-    ctx: ManuallyDrop<parking_lot::MutexGuard<'a, WasiP1Ctx>>,
-}
-
-impl Deref for CtxGuard<'_> {
-    type Target = WasiP1Ctx;
-    fn deref(&self) -> &WasiP1Ctx {
-        &self.ctx
-    }
-}
-
-impl DerefMut for CtxGuard<'_> {
-    fn deref_mut(&mut self) -> &mut WasiP1Ctx {
-        &mut self.ctx
-    }
-}
-
-impl Drop for CtxGuard<'_> {
-    fn drop(&mut self) {
-        // SAFETY: `ctx` is dropped exactly once, here, and never used after.
-        unsafe { ManuallyDrop::drop(&mut self.ctx) };
-        fence(Ordering::SeqCst);
-        if self.lock.waiting.load(Ordering::Relaxed) > 0 {
-            self.lock.unlocked.notify_one();
-        }
-    }
-}
-
-/// Drives `future` to completion on the calling thread, parking it while
-/// the future is pending. Needs no runtime: the futures it drives here (the
-/// context's lock, raced against the stop signal) wake through their wakers
-/// only, so it works on a guest thread and inside an embedder's runtime.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        // A wake-up before this park makes it return at once.
-        std::thread::park();
-    }
-}
+/// How long a thread waiting for the shared context goes without looking at
+/// the stop signal: the most a stopped program's threads that wait for a
+/// context held by a blocked thread take to leave.
+const STOP_POLL: Duration = Duration::from_millis(2);
 
 /// Checks that `n` elements at `ptr` lie within `memory`, without copying
 /// them: a trap (as `wasmtime-wasi` and `wasmtime run` give) if they do not.
@@ -897,7 +771,7 @@ macro_rules! forward {
     ($( fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
         $(
             fn $name(&mut self, memory: &mut GuestMemory<'_> $(, $arg: $ty)*) -> $ret {
-                let mut ctx = self.lock_blocking()?;
+                let mut ctx = self.lock()?;
                 ctx.set_hostcall_fuel(self.hostcall_fuel);
                 ctx.$name(memory $(, $arg)*)
             }
@@ -905,24 +779,22 @@ macro_rules! forward {
     };
 }
 
-/// Runs one call on the locked context, racing the wait for the lock and the
-/// call against the stop signal; evaluates to the call's result.
+/// Runs one call on the locked context, racing the call against the stop
+/// signal (waiting for the lock heeds it too); evaluates to the call's
+/// result.
 macro_rules! locked {
     ($self:ident, $ctx:ident => $call:expr) => {{
-        let shared = &$self.ctx;
-        let fuel = $self.hostcall_fuel;
-        $self
-            .stop
-            .race(async move {
-                let mut $ctx = match shared.try_lock() {
-                    Some(ctx) => ctx,
-                    None => shared.lock().await,
-                };
-                $ctx.set_hostcall_fuel(fuel);
-                $call.await
-            })
-            .await
-            .unwrap_or_else(|stopped| Err(SharedWasi::stopped(stopped)))
+        match $self.lock() {
+            Err(stopped) => Err(stopped),
+            Ok(mut $ctx) => {
+                $ctx.set_hostcall_fuel($self.hostcall_fuel);
+                $self
+                    .stop
+                    .race($call)
+                    .await
+                    .unwrap_or_else(|stopped| Err(SharedWasi::stopped(stopped)))
+            }
+        }
     }};
 }
 
@@ -937,10 +809,11 @@ macro_rules! forward_async {
     };
 }
 
-// Holding the context's lock across an await is the point: the lock *is* the
-// fd table's serialisation, and each call's future is driven on its own guest
-// thread, so no executor thread is starved. The calls that can wait long are
-// the ones that never hold it while waiting.
+// Holding the context's (blocking) lock across an await is the point: the
+// lock *is* the fd table's serialisation, and each call's future is driven on
+// its own guest thread, so no executor thread is starved. The calls that can
+// wait long are the ones that never hold it while waiting.
+#[allow(clippy::await_holding_lock)]
 impl WasiSnapshotPreview1 for SharedWasi {
     fn set_hostcall_fuel(&mut self, fuel: usize) {
         self.hostcall_fuel = fuel;
@@ -1030,7 +903,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if let Some(cli) = &*self.cli.read() {
             return cli.write_args(memory, argv, argv_buf);
         }
-        self.lock_blocking()?.args_get(memory, argv, argv_buf)
+        self.lock()?.args_get(memory, argv, argv_buf)
     }
 
     fn args_sizes_get(
@@ -1040,7 +913,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if let Some(cli) = &*self.cli.read() {
             return cli.args_sizes();
         }
-        self.lock_blocking()?.args_sizes_get(memory)
+        self.lock()?.args_sizes_get(memory)
     }
 
     fn environ_get(
@@ -1052,8 +925,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if let Some(cli) = &*self.cli.read() {
             return cli.write_environ(memory, environ, environ_buf);
         }
-        self.lock_blocking()?
-            .environ_get(memory, environ, environ_buf)
+        self.lock()?.environ_get(memory, environ, environ_buf)
     }
 
     fn environ_sizes_get(
@@ -1063,7 +935,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if let Some(cli) = &*self.cli.read() {
             return cli.environ_sizes();
         }
-        self.lock_blocking()?.environ_sizes_get(memory)
+        self.lock()?.environ_sizes_get(memory)
     }
 
     fn random_get(
@@ -1261,7 +1133,7 @@ mod tests {
     }
 
     /// A thread waiting for the context held by another gives up when the
-    /// program stops, and the holder's release still works afterwards.
+    /// program stops, and the context is free once its holder lets go.
     #[test]
     fn a_wait_for_the_context_gives_up_on_stop() {
         let stop = StopSignal::new();
@@ -1270,46 +1142,13 @@ mod tests {
         assert!(held.is_some());
         let waiter = {
             let shared = shared.clone();
-            std::thread::spawn(move || shared.lock_blocking().map(|_| ()).is_err())
+            std::thread::spawn(move || shared.lock().map(|_| ()).is_err())
         };
         std::thread::sleep(Duration::from_millis(50));
         stop.trigger();
         assert!(waiter.join().unwrap(), "the waiter took a held lock");
         drop(held);
-        assert_eq!(shared.ctx.waiting.load(Ordering::SeqCst), 0);
         assert!(shared.ctx.try_lock().is_some());
-    }
-
-    /// Threads taking the context in turn, synchronously and asynchronously:
-    /// one holder at a time, and no waiter left behind.
-    #[test]
-    fn the_context_lock_excludes_and_wakes_every_waiter() {
-        let shared = SharedWasi::with_stop_signal(ctx(), StopSignal::new());
-        let inside = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let (shared, inside) = (shared.clone(), inside.clone());
-                std::thread::spawn(move || {
-                    for i in 0..2000 {
-                        let ctx = if (t + i) % 2 == 0 {
-                            shared.lock_blocking().ok()
-                        } else {
-                            Some(block_on(shared.ctx.lock()))
-                        };
-                        assert!(ctx.is_some());
-                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
-                        if i % 64 == 0 {
-                            std::thread::yield_now();
-                        }
-                        inside.fetch_sub(1, Ordering::SeqCst);
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-        assert_eq!(shared.ctx.waiting.load(Ordering::SeqCst), 0);
     }
 
     /// A monotonic clock of an embedder's own: 1000, 2000, ... from `start`.
