@@ -6,8 +6,7 @@
 //! raced against the program's [`StopSignal`], so the supervisor can end a
 //! thread stuck in one, and every wait for the lock heeds it too: a thread
 //! that holds it while blocked (see below) stalls the threads that need the
-//! context only until the program stops, and they then leave (within
-//! [`STOP_POLL`]).
+//! context only until the program stops, and they then leave (within 2 ms).
 //!
 //! Nothing that can block for long holds the lock where this crate can help
 //! it, and nothing that does not need the fd table takes it: sleeps,
@@ -454,7 +453,7 @@ impl SharedWasi {
     /// first. Taking a free context costs what `parking_lot`'s lock does (it
     /// is one). A taken one is waited for as `parking_lot` waits (spinning,
     /// then parked, handed the lock on release), so a contended fd table
-    /// changes hands as fast as ever, but in slices of [`STOP_POLL`], each
+    /// changes hands as it always did, but in slices of [`STOP_POLL`], each
     /// followed by a look at the stop signal: another thread may hold the
     /// context for as long as a syscall inside `wasmtime-wasi` blocks (the
     /// open or read of a FIFO), and a stopped program must not leave every
