@@ -317,12 +317,20 @@ const FIFO_READER: &str = r#"(module
       (br_if $tick (i32.lt_u (local.get $i) (i32.const 10))))
     (call $exit (i32.const 0))))"#;
 
-/// Not yet: `wasmtime-wasi` keeps its descriptors private, so a FIFO's open
-/// and read run inside the call on the shared context, holding its lock (and,
-/// with blocking allowed on the current thread, in a syscall no stop signal
-/// reaches). See the WASI notes in the README.
+/// The ideal, not reached: the FIFO thread, too, would leave when the program
+/// ends. Main's calls (sleeps, clock reads, stderr writes, `proc_exit`) do
+/// not need the fd table, so its ticks and its exit are not held up (those
+/// assertions pass). But `wasmtime-wasi` keeps its descriptor table private,
+/// so the FIFO's open runs inside the call on the shared context, holding its
+/// lock, in a syscall (blocking is allowed on the current thread) that no
+/// stop signal reaches: the thread can only be abandoned at the join timeout
+/// (10 s), and the CLI exits after 11 s instead of at once. What does hold is
+/// tested below (`a_thread_blocked_on_a_fifo_is_the_only_one_abandoned_*`):
+/// every other thread leaves when the program stops.
 #[test]
-#[ignore = "a FIFO open/read through a preopen still holds the fd table's lock"]
+#[ignore = "wasmtime-wasi's descriptor table is private: a FIFO's open runs inside the call on the \
+            shared context, in a syscall the stop cannot interrupt, so the thread is abandoned only \
+            at the 10 s join timeout (ticks and exit code already pass)"]
 fn a_thread_blocked_on_a_fifo_stalls_no_other_thread_and_is_stopped() {
     let dir = std::env::temp_dir().join(format!("wasi-threads-fifo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -349,4 +357,368 @@ fn a_thread_blocked_on_a_fifo_stalls_no_other_thread_and_is_stopped() {
         run.elapsed
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Threads that hold the shared WASI context while blocked, and threads that
+/// wait for it. Memory: 0 "fifo", 8 "file", 16 the FIFO thread's "about to
+/// open" flag, 20 calls the contenders completed, 24 contenders started.
+///
+/// `wasi_thread_start(tid, 0)` opens the FIFO `fifo` (read-only, through
+/// the preopen, fd 3), which blocks while no one opens it for writing, then
+/// reads it. `wasi_thread_start(tid, i)` for i > 0 contends for the context
+/// forever: `fd_filestat_get` on the preopen, `path_open` + `fd_close` of
+/// `file`, counting completed rounds. `$main` is the body of `_start`.
+fn contenders_guest(main: &str) -> String {
+    format!(
+        r#"(module
+  (import "env" "memory" (memory 1 1 shared))
+  (export "memory" (memory 0))
+  (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_get" (func $fstat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (data (i32.const 0) "fifo")
+  (data (i32.const 8) "file")
+  ;; 100: iovec {{1024, 16}}
+  (data (i32.const 100) "\00\04\00\00\10\00\00\00")
+  ;; 400: a subscription: monotonic clock, relative, 100 ms
+  (data (i32.const 416) "\01\00\00\00\00\00\00\00\00\e1\f5\05\00\00\00\00")
+  (func $sleep
+    (drop (call $poll (i32.const 400) (i32.const 600) (i32.const 1) (i32.const 700))))
+  (func $fifo
+    (i32.atomic.store (i32.const 16) (i32.const 1))
+    (if (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 4)
+          (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 32))
+      (then (return)))
+    (drop (call $read (i32.load (i32.const 32)) (i32.const 100) (i32.const 1) (i32.const 36))))
+  (func $contend (param $i i32)
+    (local $out i32)
+    ;; a filestat (64 bytes) and an fd of its own
+    (local.set $out (i32.add (i32.const 2048) (i32.mul (local.get $i) (i32.const 72))))
+    (drop (i32.atomic.rmw.add (i32.const 24) (i32.const 1)))
+    (loop $round
+      (drop (call $fstat (i32.const 3) (local.get $out)))
+      (if (i32.eqz (call $open (i32.const 3) (i32.const 0) (i32.const 8) (i32.const 4)
+            (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0)
+            (i32.add (local.get $out) (i32.const 64))))
+        (then (drop (call $close (i32.load (i32.add (local.get $out) (i32.const 64)))))))
+      (drop (i32.atomic.rmw.add (i32.const 20) (i32.const 1)))
+      (br $round)))
+  ;; Spawns the FIFO thread and waits until it is about to open the FIFO.
+  (func $spawn_fifo
+    (if (i32.lt_s (call $spawn (i32.const 0)) (i32.const 1)) (then unreachable))
+    (block $ready
+      (loop $wait
+        (br_if $ready (i32.atomic.load (i32.const 16)))
+        (call $sleep)
+        (br $wait))))
+  ;; Spawns contenders 1..=n.
+  (func $spawn_contenders (param $n i32)
+    (local $i i32)
+    (loop $each
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (if (i32.lt_s (call $spawn (local.get $i)) (i32.const 1)) (then unreachable))
+      (br_if $each (i32.lt_u (local.get $i) (local.get $n)))))
+  ;; Whether all n contenders started and none completed a call in 200 ms.
+  (func $stalled (param $n i32) (result i32)
+    (local $before i32)
+    (local.set $before (i32.atomic.load (i32.const 20)))
+    (call $sleep)
+    (call $sleep)
+    (i32.and
+      (i32.eq (i32.atomic.load (i32.const 24)) (local.get $n))
+      (i32.eq (i32.atomic.load (i32.const 20)) (local.get $before))))
+  (func (export "wasi_thread_start") (param $tid i32) (param $arg i32)
+    (if (i32.eqz (local.get $arg)) (then (call $fifo)) (else (call $contend (local.get $arg)))))
+  (func (export "_start")
+    (local $i i32)
+    {main}))"#
+    )
+}
+
+/// Main: the FIFO thread, then 4 contenders; once they have all stalled
+/// behind the FIFO thread (it holds the context in its open), `proc_exit(7)`
+/// (which takes no lock). Exits with 9 if they never stall.
+const FIFO_THEN_EXIT: &str = "
+    (call $spawn_fifo)
+    (call $spawn_contenders (i32.const 4))
+    (loop $watch
+      (if (call $stalled (i32.const 4)) (then (call $exit (i32.const 7))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $watch (i32.lt_u (local.get $i) (i32.const 100))))
+    (call $exit (i32.const 9))";
+
+/// Main: the FIFO thread and 4 contenders, then contends itself (as thread
+/// 5) until the program times out.
+const FIFO_UNTIL_TIMEOUT: &str = "
+    (call $spawn_fifo)
+    (call $spawn_contenders (i32.const 4))
+    (call $contend (i32.const 5))";
+
+/// Main: 8 contenders; once they have completed 500 rounds between them,
+/// `proc_exit(5)` while they are all still at it.
+const CONTEND_THEN_EXIT: &str = "
+    (call $spawn_contenders (i32.const 8))
+    (block $enough
+      (loop $watch
+        (br_if $enough (i32.ge_u (i32.atomic.load (i32.const 20)) (i32.const 500)))
+        (call $sleep)
+        (br $watch)))
+    (call $exit (i32.const 5))";
+
+/// A directory with the FIFO and the file the contenders open; removed on
+/// drop. Opening the FIFO for writing (without blocking) lets a thread
+/// blocked opening it go on, so that an abandoned thread does not outlive
+/// the test.
+#[cfg(target_os = "linux")]
+struct FifoDir(std::path::PathBuf);
+
+#[cfg(target_os = "linux")]
+impl FifoDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wasi-threads-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("file"), b"contended").unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join("fifo"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        FifoDir(dir)
+    }
+
+    fn release_reader(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK: fails (ENXIO) at once if no reader is in the FIFO.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0o4000)
+            .open(self.0.join("fifo"));
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for FifoDir {
+    fn drop(&mut self) {
+        self.release_reader();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a run through the library gave.
+#[cfg(target_os = "linux")]
+struct LibraryRun {
+    outcome: wasi_threads_host::Outcome,
+    events: Vec<wasi_threads_host::ThreadEvent>,
+    elapsed: Duration,
+}
+
+#[cfg(target_os = "linux")]
+impl LibraryRun {
+    /// The TIDs of the threads `run` abandoned.
+    fn abandoned(&self) -> Vec<u32> {
+        use wasi_threads_host::ThreadEvent;
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ThreadEvent::Abandoned { tid } => Some(*tid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The TIDs spawned, in order.
+    fn spawned(&self) -> Vec<u32> {
+        use wasi_threads_host::ThreadEvent;
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ThreadEvent::Spawned { tid } => Some(*tid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How thread `tid` ended, if it did.
+    fn exit_of(&self, tid: u32) -> Option<&wasi_threads_host::ThreadExit> {
+        use wasi_threads_host::ThreadEvent;
+        self.events.iter().find_map(|e| match e {
+            ThreadEvent::Exited { tid: t, exit } if *t == tid => Some(exit),
+            _ => None,
+        })
+    }
+}
+
+/// The join timeout of library runs: short, so that an abandoned thread
+/// costs little, and long enough for a thread that can leave to leave.
+#[cfg(target_os = "linux")]
+const JOIN_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Runs `wat` through the library as the runner does (blocking I/O inline on
+/// the guest thread), with `dir` preopened as fd 3 and [`JOIN_TIMEOUT`].
+#[cfg(target_os = "linux")]
+fn run_library(wat: &str, dir: &std::path::Path, timeout: Option<Duration>) -> LibraryRun {
+    use wasi_threads_host::{SharedWasi, ThreadsConfig, WasiThreads, compile, engine_config};
+    use wasmtime::{Engine, Linker};
+    use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+    #[derive(Clone)]
+    struct State {
+        wasi: SharedWasi,
+    }
+
+    let engine = Engine::new(&engine_config()).unwrap();
+    let module = compile(&engine, wat.as_bytes()).unwrap();
+    let config = ThreadsConfig::new()
+        .join_timeout(JOIN_TIMEOUT)
+        .timeout(timeout);
+    let mut threads = WasiThreads::with_config(&engine, &module, config).unwrap();
+    let events = threads.events();
+    let mut builder = WasiCtxBuilder::new();
+    builder.allow_blocking_current_thread(true);
+    builder
+        .preopened_dir(dir, "/d", FsPerms::ReadWrite)
+        .unwrap();
+    let wasi = SharedWasi::new(builder.build_p1(), &threads);
+    let store = threads.new_store(State { wasi }).unwrap();
+    let mut linker = Linker::new(&engine);
+    threads.add_to_linker(&mut linker, &store).unwrap();
+    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    let start = std::time::Instant::now();
+    let outcome = threads.run(&linker, store).unwrap();
+    let elapsed = start.elapsed();
+    LibraryRun {
+        outcome,
+        events: events.try_iter().collect(),
+        elapsed,
+    }
+}
+
+/// A thread blocked opening a FIFO holds the shared context; the threads
+/// that need it wait (main sees them stall) but leave as soon as another
+/// thread's `proc_exit` stops the program: only the FIFO thread, stuck in a
+/// syscall, is abandoned.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_thread_blocked_on_a_fifo_is_the_only_one_abandoned_after_an_exit() {
+    use wasi_threads_host::{Outcome, ThreadExit};
+    let dir = FifoDir::new("fifo-exit");
+    let run = run_library(&contenders_guest(FIFO_THEN_EXIT), &dir.0, None);
+    assert_eq!(
+        run.outcome,
+        Outcome::Exit { code: 7, tid: 0 },
+        "9: the contenders never stalled behind the FIFO thread; {:?}",
+        run.events
+    );
+    let spawned = run.spawned();
+    assert_eq!(spawned.len(), 5, "{:?}", run.events);
+    let fifo = spawned[0];
+    assert_eq!(run.abandoned(), [fifo], "{:?}", run.events);
+    for &tid in &spawned[1..] {
+        assert_eq!(
+            run.exit_of(tid),
+            Some(&ThreadExit::Stopped),
+            "contender {tid}: {:?}",
+            run.events
+        );
+    }
+    // Main's exit ends the wait for the contenders; only the FIFO thread is
+    // waited for, up to the join timeout.
+    assert!(
+        run.elapsed < Duration::from_secs(8),
+        "run took {:?}",
+        run.elapsed
+    );
+}
+
+/// As above, with the time-out as the cause, and main itself among the
+/// threads waiting for the context.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_thread_blocked_on_a_fifo_is_the_only_one_abandoned_after_a_timeout() {
+    use wasi_threads_host::{MAIN_TID, Outcome, ThreadExit};
+    let dir = FifoDir::new("fifo-timeout");
+    let run = run_library(
+        &contenders_guest(FIFO_UNTIL_TIMEOUT),
+        &dir.0,
+        Some(Duration::from_millis(1500)),
+    );
+    assert_eq!(run.outcome, Outcome::TimedOut, "{:?}", run.events);
+    let spawned = run.spawned();
+    assert_eq!(spawned.len(), 5, "{:?}", run.events);
+    assert_eq!(run.abandoned(), [spawned[0]], "{:?}", run.events);
+    for &tid in spawned[1..].iter().chain([&MAIN_TID]) {
+        assert_eq!(
+            run.exit_of(tid),
+            Some(&ThreadExit::Stopped),
+            "thread {tid}: {:?}",
+            run.events
+        );
+    }
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "run took {:?}",
+        run.elapsed
+    );
+}
+
+/// The CLI, timing out with a thread blocked on a FIFO and the others
+/// waiting for the context it holds: exits 124 right after the join timeout
+/// (10 s), naming only the FIFO thread (TID 1) as abandoned.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_cli_abandons_only_a_thread_blocked_on_a_fifo() {
+    let dir = FifoDir::new("fifo-cli");
+    let wat = dir.0.join("guest.wat");
+    std::fs::write(&wat, contenders_guest(FIFO_UNTIL_TIMEOUT)).unwrap();
+    let mapping = format!("{}::/d", dir.0.display());
+    let run = run_cli(
+        BIN,
+        &["--timeout", "1s", "--dir", &mapping, wat.to_str().unwrap()],
+        Stdin::Null,
+        Duration::from_secs(40),
+    );
+    assert_eq!(run.code, Some(124), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("guest thread(s) [1] did not stop"),
+        "{}",
+        run.stderr
+    );
+    // 1 s + the 10 s join timeout, then it exits; well before the 40 s kill.
+    assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
+}
+
+/// Eight threads contending for the context while another thread exits: the
+/// ones waiting for it and the one holding it all leave; none is abandoned.
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_contending_for_the_context_all_leave_when_the_program_stops() {
+    use wasi_threads_host::{Outcome, ThreadExit};
+    let dir = FifoDir::new("contend");
+    let wat = contenders_guest(CONTEND_THEN_EXIT);
+    for _ in 0..5 {
+        let run = run_library(&wat, &dir.0, None);
+        assert_eq!(
+            run.outcome,
+            Outcome::Exit { code: 5, tid: 0 },
+            "{:?}",
+            run.events
+        );
+        assert_eq!(run.abandoned(), Vec::<u32>::new(), "{:?}", run.events);
+        let spawned = run.spawned();
+        assert_eq!(spawned.len(), 8, "{:?}", run.events);
+        for tid in spawned {
+            assert_eq!(
+                run.exit_of(tid),
+                Some(&ThreadExit::Stopped),
+                "contender {tid}: {:?}",
+                run.events
+            );
+        }
+    }
 }

@@ -48,7 +48,8 @@ struct Inner {
     want: Condvar,
     /// Serialises guest reads: one thread waits for input and reads it while
     /// the others wait their turn, none of them holding the WASI context.
-    pub(crate) turn: Mutex<()>,
+    /// A future's lock, so that waiting for a turn races the stop signal.
+    pub(crate) turn: tokio::sync::Mutex<()>,
     is_terminal: bool,
 }
 
@@ -95,7 +96,7 @@ impl SharedStdin {
                 source: Some(source),
             }),
             want: Condvar::new(),
-            turn: Mutex::new(()),
+            turn: tokio::sync::Mutex::new(()),
             is_terminal,
         });
         SharedStdin {
@@ -106,8 +107,9 @@ impl SharedStdin {
         }
     }
 
-    pub(crate) fn turn(&self) -> parking_lot::MutexGuard<'_, ()> {
-        self.inner.turn.lock()
+    /// Resolves once no other thread is reading.
+    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.turn.lock().await
     }
 
     /// Resolves once a read would not block: input is buffered, or the input

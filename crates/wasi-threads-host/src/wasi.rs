@@ -4,11 +4,31 @@
 //! takes `&mut`, so [`SharedWasi`] keeps the one context (one fd table) behind
 //! a lock that every thread's store data points to. Calls that can block are
 //! raced against the program's [`StopSignal`], so the supervisor can end a
-//! thread stuck in one. Nothing that can block for long holds the lock:
-//! sleeps, `sched_yield` and `proc_exit` never take it, and a read of (or
-//! poll on) a [`SharedStdin`] waits for input before taking it, and a
-//! write to a [`SharedOutput`] (stdout, stderr) is handed to that output's
-//! pump without taking it at all.
+//! thread stuck in one, and every wait for the lock heeds it too: a thread
+//! that holds it while blocked (see below) stalls the threads that need the
+//! context only until the program stops, and they then leave (within 2 ms).
+//!
+//! Nothing that can block for long holds the lock where this crate can help
+//! it, and nothing that does not need the fd table takes it: sleeps,
+//! `sched_yield` and `proc_exit` never take it; a read of (or poll on) a
+//! [`SharedStdin`] waits for input before taking it; a write to a
+//! [`SharedOutput`] (stdout, stderr) is handed to that output's pump without
+//! taking it at all; the arguments and environment (fixed once the context
+//! is built) are read out of it once; and its clocks and random generators
+//! (the embedder's own, if it configured any) are moved out of it, behind
+//! locks of their own held only while one is read, with forwarders left in
+//! the context for its own use of the clocks. Every answer is the one the
+//! context would give: the same objects, read through the same public host
+//! calls `wasmtime-wasi`'s own preview1 functions use.
+//!
+//! What still holds it: every call on a descriptor, for the length of the
+//! call, I/O included. `wasmtime-wasi` keeps the table (and file positions)
+//! private, so a call on a descriptor runs inside the locked context; with
+//! blocking allowed on the current thread (as [`crate::Runner`] sets) a
+//! syscall that blocks — the open or read of a FIFO nobody writes — blocks
+//! there, holding the lock, where no stop signal reaches. Such a thread can
+//! only be abandoned at the join timeout; every other thread leaves when the
+//! program stops.
 //!
 //! No size or pointer the guest passes is trusted: the calls implemented
 //! here check counts against the memory before they allocate or loop, and
@@ -19,14 +39,16 @@ use crate::WasiThreads;
 use crate::stdin::SharedStdin;
 use crate::stdio::{SharedOutput, WriteFailed};
 use crate::stop::{StopSignal, Stopped};
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::Result;
+use wasmtime_wasi::clocks::{WasiClocksCtx, WasiClocksCtxView};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::types;
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+use wasmtime_wasi::random::WasiRandomCtx;
+use wasmtime_wasi::{ResourceTable, WasiCtxBuilder, WasiView as _};
 use wiggle::{GuestMemory, GuestPtr, GuestType};
 
 /// Most bytes one `fd_write` to a [`SharedOutput`] gathers from its iovecs;
@@ -43,7 +65,18 @@ const RANDOM_CHUNK: u32 = 64 * 1024;
 /// every spawned thread.
 #[derive(Clone)]
 pub struct SharedWasi {
-    ctx: Arc<Mutex<WasiP1Ctx>>,
+    ctx: Arc<parking_lot::Mutex<WasiP1Ctx>>,
+    /// The context's arguments and environment, read out of it so that
+    /// `args_*` and `environ_*` need not take it; `None` if it would not
+    /// give them (those calls then go to the context).
+    cli: Arc<parking_lot::RwLock<Option<CliStrings>>>,
+    /// The context's clocks, moved out of it so that reading them need not
+    /// wait for the fd table; the context keeps forwarders to them.
+    clocks: Arc<parking_lot::Mutex<Clocks>>,
+    /// The context's random generators, moved out of it for `random_get`
+    /// (the only call of the context that uses them); the context keeps
+    /// fresh ones.
+    random: Arc<parking_lot::Mutex<WasiRandomCtx>>,
     stop: StopSignal,
     hostcall_fuel: usize,
     stdin: Option<SharedStdin>,
@@ -53,6 +86,251 @@ pub struct SharedWasi {
     /// from then on that fd is no longer the stream given here, and calls on
     /// it go through the context.
     stdio_moved: Arc<AtomicU8>,
+}
+
+/// The arguments and environment as the context gives them to the guest:
+/// what `wasmtime-wasi`'s own `args_*` and `environ_*` read (through the same
+/// public `wasi:cli/environment` host calls) and write, in the same way.
+struct CliStrings {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl CliStrings {
+    fn of(ctx: &mut WasiP1Ctx) -> Option<Self> {
+        use wasmtime_wasi::cli::WasiCliView as _;
+        use wasmtime_wasi::p2::bindings::cli::environment::Host as _;
+        let mut cli = ctx.cli();
+        Some(CliStrings {
+            args: cli.get_arguments().ok()?,
+            env: cli.get_environment().ok()?,
+        })
+    }
+
+    fn args_sizes(&self) -> Result<(types::Size, types::Size), types::Error> {
+        let num = self.args.len().try_into()?;
+        // Each one `\0`-terminated.
+        let len = self.args.iter().map(|a| a.len() + 1).sum::<usize>();
+        Ok((num, len.try_into()?))
+    }
+
+    fn environ_sizes(&self) -> Result<(types::Size, types::Size), types::Error> {
+        let num = self.env.len().try_into()?;
+        // Each one `KEY=VALUE\0`.
+        let len = self.env.iter().map(|(k, v)| k.len() + 1 + v.len() + 1);
+        Ok((num, len.sum::<usize>().try_into()?))
+    }
+
+    fn write_args(
+        &self,
+        memory: &mut GuestMemory<'_>,
+        mut argv: GuestPtr<GuestPtr<u8>>,
+        mut buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        for arg in &self.args {
+            memory.write(argv, buf)?;
+            argv = argv.add(1)?;
+            buf = write_bytes(memory, buf, arg.as_bytes())?;
+            buf = write_byte(memory, buf, 0)?;
+        }
+        Ok(())
+    }
+
+    fn write_environ(
+        &self,
+        memory: &mut GuestMemory<'_>,
+        mut environ: GuestPtr<GuestPtr<u8>>,
+        mut buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        for (key, value) in &self.env {
+            memory.write(environ, buf)?;
+            environ = environ.add(1)?;
+            buf = write_bytes(memory, buf, key.as_bytes())?;
+            buf = write_byte(memory, buf, b'=')?;
+            buf = write_bytes(memory, buf, value.as_bytes())?;
+            buf = write_byte(memory, buf, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` at `ptr`, as `wasmtime-wasi` writes strings out (the
+/// whole range is checked before anything is written), and points past them.
+fn write_bytes(
+    memory: &mut GuestMemory<'_>,
+    ptr: GuestPtr<u8>,
+    bytes: &[u8],
+) -> Result<GuestPtr<u8>, types::Error> {
+    let len = u32::try_from(bytes.len())?;
+    memory.copy_from_slice(bytes, ptr.as_array(len))?;
+    Ok(ptr.add(len)?)
+}
+
+/// Writes one byte at `ptr`, as `wasmtime-wasi` writes a terminator, and
+/// points past it.
+fn write_byte(
+    memory: &mut GuestMemory<'_>,
+    ptr: GuestPtr<u8>,
+    byte: u8,
+) -> Result<GuestPtr<u8>, types::Error> {
+    memory.write(ptr, byte)?;
+    Ok(ptr.add(1)?)
+}
+
+/// The clocks of a context, with the (empty) resource table its clock host
+/// calls take.
+struct Clocks {
+    clocks: WasiClocksCtx,
+    table: ResourceTable,
+}
+
+impl Clocks {
+    /// Moves `ctx`'s clocks out of it, leaving forwarders to them in their
+    /// place: the context reads the same clocks as before (its own
+    /// `poll_oneoff` deadlines, say), and [`SharedWasi`] reads them without
+    /// the context's lock. The clocks are `Send` but not `Sync`, so they
+    /// have a lock of their own, held only while one is read.
+    fn move_out_of(ctx: &mut WasiP1Ctx) -> Arc<parking_lot::Mutex<Clocks>> {
+        let clocks = Arc::new(parking_lot::Mutex::new(Clocks {
+            clocks: WasiClocksCtx::default(),
+            table: ResourceTable::new(),
+        }));
+        // Only a builder makes a `WasiClocksCtx` of clocks of one's own.
+        let mut forwarders = WasiCtxBuilder::new();
+        forwarders
+            .wall_clock(ForwardWallClock(clocks.clone()))
+            .monotonic_clock(ForwardMonotonicClock(clocks.clone()));
+        let mut forwarders = forwarders.build();
+        std::mem::swap(ctx.ctx().ctx.clocks(), forwarders.clocks());
+        std::mem::swap(&mut clocks.lock().clocks, forwarders.clocks());
+        clocks
+    }
+
+    fn view(&mut self) -> WasiClocksCtxView<'_> {
+        WasiClocksCtxView {
+            ctx: &mut self.clocks,
+            table: &mut self.table,
+        }
+    }
+
+    /// `clock_time_get`, as `wasmtime-wasi` answers it.
+    fn time(&mut self, id: types::Clockid) -> Result<types::Timestamp, types::Error> {
+        use wasmtime::error::Context as _;
+        use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+        Ok(match id {
+            types::Clockid::Realtime => wall_clock::Host::now(&mut self.view())
+                .context("failed to call `wall_clock::now`")
+                .map_err(types::Error::trap)?
+                .try_into()?,
+            types::Clockid::Monotonic => monotonic_clock::Host::now(&mut self.view())
+                .context("failed to call `monotonic_clock::now`")
+                .map_err(types::Error::trap)?,
+            types::Clockid::ProcessCputimeId | types::Clockid::ThreadCputimeId => {
+                return Err(types::Errno::Badf.into());
+            }
+        })
+    }
+
+    /// `clock_res_get`, as `wasmtime-wasi` answers it.
+    fn resolution(&mut self, id: types::Clockid) -> Result<types::Timestamp, types::Error> {
+        use wasmtime::error::Context as _;
+        use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+        Ok(match id {
+            types::Clockid::Realtime => wall_clock::Host::resolution(&mut self.view())
+                .context("failed to call `wall_clock::resolution`")
+                .map_err(types::Error::trap)?
+                .try_into()?,
+            types::Clockid::Monotonic => monotonic_clock::Host::resolution(&mut self.view())
+                .context("failed to call `monotonic_clock::resolution`")
+                .map_err(types::Error::trap)?,
+            types::Clockid::ProcessCputimeId | types::Clockid::ThreadCputimeId => {
+                return Err(types::Errno::Badf.into());
+            }
+        })
+    }
+}
+
+/// The wall clock left in the context, reading the one moved out of it.
+struct ForwardWallClock(Arc<parking_lot::Mutex<Clocks>>);
+
+impl ForwardWallClock {
+    fn read(
+        &self,
+        read: fn(
+            &mut WasiClocksCtxView<'_>,
+        )
+            -> wasmtime::Result<wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime>,
+    ) -> Duration {
+        // The clocks' host calls never fail; the type allows it.
+        read(&mut self.0.lock().view())
+            .map(|t| Duration::new(t.seconds, t.nanoseconds))
+            .unwrap_or_default()
+    }
+}
+
+impl wasmtime_wasi::HostWallClock for ForwardWallClock {
+    fn resolution(&self) -> Duration {
+        use wasmtime_wasi::p2::bindings::clocks::wall_clock::Host;
+        self.read(|view| view.resolution())
+    }
+
+    fn now(&self) -> Duration {
+        use wasmtime_wasi::p2::bindings::clocks::wall_clock::Host;
+        self.read(|view| view.now())
+    }
+}
+
+/// The monotonic clock left in the context, reading the one moved out of it.
+struct ForwardMonotonicClock(Arc<parking_lot::Mutex<Clocks>>);
+
+impl wasmtime_wasi::HostMonotonicClock for ForwardMonotonicClock {
+    fn resolution(&self) -> u64 {
+        use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host;
+        // The clocks' host calls never fail; the type allows it.
+        self.0.lock().view().resolution().unwrap_or_default()
+    }
+
+    fn now(&self) -> u64 {
+        use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host;
+        self.0.lock().view().now().unwrap_or_default()
+    }
+}
+
+/// While it lives, the context holds its own clocks and random generators
+/// again (and the forwarders wait in the shared slot); dropping it, even in
+/// a panic, moves whatever the context then holds back out.
+struct PutBack<'a> {
+    ctx: &'a mut WasiP1Ctx,
+    clocks: parking_lot::MutexGuard<'a, Clocks>,
+    random: parking_lot::MutexGuard<'a, WasiRandomCtx>,
+}
+
+impl<'a> PutBack<'a> {
+    fn new(
+        ctx: &'a mut WasiP1Ctx,
+        clocks: parking_lot::MutexGuard<'a, Clocks>,
+        random: parking_lot::MutexGuard<'a, WasiRandomCtx>,
+    ) -> Self {
+        let mut put_back = PutBack {
+            ctx,
+            clocks,
+            random,
+        };
+        put_back.swap();
+        put_back
+    }
+
+    fn swap(&mut self) {
+        let view = self.ctx.ctx();
+        std::mem::swap(view.ctx.clocks(), &mut self.clocks.clocks);
+        std::mem::swap(view.ctx.random(), &mut self.random);
+    }
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        self.swap();
+    }
 }
 
 /// One subscription of a `poll_oneoff` that [`SharedWasi`] waits on itself.
@@ -74,9 +352,14 @@ impl SharedWasi {
     }
 
     /// Shares `ctx`; blocking calls give up when `stop` fires.
-    pub(crate) fn with_stop_signal(ctx: WasiP1Ctx, stop: StopSignal) -> Self {
+    pub(crate) fn with_stop_signal(mut ctx: WasiP1Ctx, stop: StopSignal) -> Self {
         SharedWasi {
-            ctx: Arc::new(Mutex::new(ctx)),
+            cli: Arc::new(parking_lot::RwLock::new(CliStrings::of(&mut ctx))),
+            clocks: Clocks::move_out_of(&mut ctx),
+            random: Arc::new(parking_lot::Mutex::new(std::mem::take(
+                ctx.ctx().ctx.random(),
+            ))),
+            ctx: Arc::new(parking_lot::Mutex::new(ctx)),
             stop,
             hostcall_fuel: usize::MAX,
             stdin: None,
@@ -144,9 +427,49 @@ impl SharedWasi {
     }
 
     /// Runs `f` on the context. Holding it stalls every other thread's WASI
-    /// calls, so keep `f` short.
+    /// calls, so keep `f` short. It waits for the context like a guest
+    /// thread's call does, but not for the program's stop: a thread blocked
+    /// in a syscall while holding it (the open of a FIFO nobody writes, say)
+    /// makes this wait until the syscall returns. `f` sees the context as it
+    /// was built (the clocks and random generators the guest's calls use,
+    /// which are kept outside it otherwise); whatever arguments,
+    /// environment, clocks or generators it leaves in it are the guest's
+    /// from then on.
     pub fn with_ctx<R>(&self, f: impl FnOnce(&mut WasiP1Ctx) -> R) -> R {
-        f(&mut self.ctx.lock())
+        let mut ctx = self.ctx.lock();
+        let result = {
+            // `f` sees the context as it was built, its own clocks and
+            // generators in it, and whatever it leaves there are the ones
+            // used from then on.
+            let put_back = PutBack::new(&mut ctx, self.clocks.lock(), self.random.lock());
+            f(put_back.ctx)
+        };
+        // `f` may have replaced the context's arguments or environment.
+        *self.cli.write() = CliStrings::of(&mut ctx);
+        result
+    }
+
+    /// The context, once no other thread holds it, unless the program stops
+    /// first. Taking a free context costs what `parking_lot`'s lock does (it
+    /// is one). A taken one is waited for as `parking_lot` waits (spinning,
+    /// then parked, handed the lock on release), so a contended fd table
+    /// changes hands as it always did, but in slices of [`STOP_POLL`], each
+    /// followed by a look at the stop signal: another thread may hold the
+    /// context for as long as a syscall inside `wasmtime-wasi` blocks (the
+    /// open or read of a FIFO), and a stopped program must not leave every
+    /// other thread stuck behind it.
+    fn lock(&self) -> Result<parking_lot::MutexGuard<'_, WasiP1Ctx>, types::Error> {
+        if let Some(ctx) = self.ctx.try_lock() {
+            return Ok(ctx);
+        }
+        loop {
+            if self.stop.is_stopped() {
+                return Err(Self::stopped(Stopped));
+            }
+            if let Some(ctx) = self.ctx.try_lock_for(STOP_POLL) {
+                return Ok(ctx);
+            }
+        }
     }
 
     fn stopped(_: Stopped) -> types::Error {
@@ -191,7 +514,7 @@ impl SharedWasi {
     ) -> Result<types::Size, types::Error> {
         let started = Instant::now();
         // Absolute deadlines are on the context's own clocks (an embedder may
-        // have replaced them); read them once, briefly holding the lock.
+        // have replaced them); read them once.
         let mut remaining = Vec::with_capacity(plan.len());
         for sub in plan {
             let nanos = match sub {
@@ -280,6 +603,11 @@ impl SharedWasi {
         Ok(written)
     }
 }
+
+/// How long a thread waiting for the shared context goes without looking at
+/// the stop signal: the most a stopped program's threads that wait for a
+/// context held by a blocked thread take to leave.
+const STOP_POLL: Duration = Duration::from_millis(2);
 
 /// Checks that `n` elements at `ptr` lie within `memory`, without copying
 /// them: a trap (as `wasmtime-wasi` and `wasmtime run` give) if they do not.
@@ -436,12 +764,13 @@ mod sync {
     }
 }
 
-/// Forwards calls that cannot block to the shared context under its lock.
+/// Forwards calls that cannot block to the shared context under its lock;
+/// waiting for the lock gives up when the program stops.
 macro_rules! forward {
     ($( fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
         $(
             fn $name(&mut self, memory: &mut GuestMemory<'_> $(, $arg: $ty)*) -> $ret {
-                let mut ctx = self.ctx.lock();
+                let mut ctx = self.lock()?;
                 ctx.set_hostcall_fuel(self.hostcall_fuel);
                 ctx.$name(memory $(, $arg)*)
             }
@@ -449,21 +778,22 @@ macro_rules! forward {
     };
 }
 
-/// Runs one call on the locked context, racing it against the stop signal;
-/// evaluates to the call's result.
+/// Runs one call on the locked context, racing the call against the stop
+/// signal (waiting for the lock heeds it too); evaluates to the call's
+/// result.
 macro_rules! locked {
     ($self:ident, $ctx:ident => $call:expr) => {{
-        let shared = $self.ctx.clone();
-        let fuel = $self.hostcall_fuel;
-        $self
-            .stop
-            .race(async move {
-                let mut $ctx = shared.lock();
-                $ctx.set_hostcall_fuel(fuel);
-                $call.await
-            })
-            .await
-            .unwrap_or_else(|stopped| Err(SharedWasi::stopped(stopped)))
+        match $self.lock() {
+            Err(stopped) => Err(stopped),
+            Ok(mut $ctx) => {
+                $ctx.set_hostcall_fuel($self.hostcall_fuel);
+                $self
+                    .stop
+                    .race($call)
+                    .await
+                    .unwrap_or_else(|stopped| Err(SharedWasi::stopped(stopped)))
+            }
+        }
     }};
 }
 
@@ -479,9 +809,9 @@ macro_rules! forward_async {
 }
 
 // Holding the context's (blocking) lock across an await is the point: the
-// lock *is* the fd table's serialisation, and each call's future is driven by
-// `block_on` on its own guest thread, so no executor thread is starved. The
-// calls that can wait long are the ones that never hold it while waiting.
+// lock *is* the fd table's serialisation, and each call's future is driven on
+// its own guest thread, so no executor thread is starved. The calls that can
+// wait long are the ones that never hold it while waiting.
 #[allow(clippy::await_holding_lock)]
 impl WasiSnapshotPreview1 for SharedWasi {
     fn set_hostcall_fuel(&mut self, fuel: usize) {
@@ -489,12 +819,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
     }
 
     forward! {
-        fn args_get(argv: GuestPtr<GuestPtr<u8>>, argv_buf: GuestPtr<u8>) -> Result<(), types::Error>;
-        fn args_sizes_get() -> Result<(types::Size, types::Size), types::Error>;
-        fn environ_get(environ: GuestPtr<GuestPtr<u8>>, environ_buf: GuestPtr<u8>) -> Result<(), types::Error>;
-        fn environ_sizes_get() -> Result<(types::Size, types::Size), types::Error>;
-        fn clock_res_get(id: types::Clockid) -> Result<types::Timestamp, types::Error>;
-        fn clock_time_get(id: types::Clockid, precision: types::Timestamp) -> Result<types::Timestamp, types::Error>;
         fn fd_allocate(fd: types::Fd, offset: types::Filesize, len: types::Filesize) -> Result<(), types::Error>;
         fn fd_fdstat_set_flags(fd: types::Fd, flags: types::Fdflags) -> Result<(), types::Error>;
         fn fd_fdstat_set_rights(fd: types::Fd, base: types::Rights, inheriting: types::Rights) -> Result<(), types::Error>;
@@ -550,6 +874,69 @@ impl WasiSnapshotPreview1 for SharedWasi {
         locked!(self, ctx => ctx.poll_oneoff(memory, subs, events, nsubscriptions))
     }
 
+    // Clocks, arguments and environment never need the fd table.
+
+    fn clock_time_get(
+        &mut self,
+        _memory: &mut GuestMemory<'_>,
+        id: types::Clockid,
+        _precision: types::Timestamp,
+    ) -> Result<types::Timestamp, types::Error> {
+        self.clocks.lock().time(id)
+    }
+
+    fn clock_res_get(
+        &mut self,
+        _memory: &mut GuestMemory<'_>,
+        id: types::Clockid,
+    ) -> Result<types::Timestamp, types::Error> {
+        self.clocks.lock().resolution(id)
+    }
+
+    fn args_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        argv: GuestPtr<GuestPtr<u8>>,
+        argv_buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.write_args(memory, argv, argv_buf);
+        }
+        self.lock()?.args_get(memory, argv, argv_buf)
+    }
+
+    fn args_sizes_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+    ) -> Result<(types::Size, types::Size), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.args_sizes();
+        }
+        self.lock()?.args_sizes_get(memory)
+    }
+
+    fn environ_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        environ: GuestPtr<GuestPtr<u8>>,
+        environ_buf: GuestPtr<u8>,
+    ) -> Result<(), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.write_environ(memory, environ, environ_buf);
+        }
+        self.lock()?.environ_get(memory, environ, environ_buf)
+    }
+
+    fn environ_sizes_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+    ) -> Result<(types::Size, types::Size), types::Error> {
+        if let Some(cli) = &*self.cli.read() {
+            return cli.environ_sizes();
+        }
+        self.lock()?.environ_sizes_get(memory)
+    }
+
     fn random_get(
         &mut self,
         memory: &mut GuestMemory<'_>,
@@ -559,12 +946,19 @@ impl WasiSnapshotPreview1 for SharedWasi {
         // `wasmtime-wasi` allocates `buf_len` random bytes before it checks
         // the buffer: check first, then fill it a bounded chunk at a time.
         check_array(memory, buf, buf_len)?;
-        let mut ctx = self.ctx.lock();
-        ctx.set_hostcall_fuel(self.hostcall_fuel);
+        use wasmtime::error::Context as _;
+        use wasmtime_wasi::p2::bindings::random::random::Host as _;
+        let mut random = self.random.lock();
         let mut done = 0;
         while done < buf_len {
             let len = (buf_len - done).min(RANDOM_CHUNK);
-            ctx.random_get(memory, buf.add(done)?, len)?;
+            // As `wasmtime-wasi`'s `random_get`, on the generators moved out
+            // of the context.
+            let bytes = random
+                .get_random_bytes(len.into())
+                .context("failed to call `get-random-bytes`")
+                .map_err(types::Error::trap)?;
+            write_bytes(memory, buf.add(done)?, &bytes)?;
             done += len;
         }
         Ok(())
@@ -603,7 +997,11 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if let Some(stdin) = self.stdin_at(fd).cloned() {
             // Wait for input without the context, one reader at a time so
             // that the input this thread waited for is still there to read.
-            let _turn = stdin.turn();
+            let _turn = self
+                .stop
+                .race(stdin.turn())
+                .await
+                .map_err(SharedWasi::stopped)?;
             self.stop
                 .race(stdin.readable())
                 .await
@@ -655,5 +1053,211 @@ impl WasiSnapshotPreview1 for SharedWasi {
     fn sched_yield(&mut self, _memory: &mut GuestMemory<'_>) -> Result<(), types::Error> {
         std::thread::yield_now();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime_wasi::WasiCtxBuilder;
+
+    fn ctx() -> WasiP1Ctx {
+        WasiCtxBuilder::new()
+            .args(&["prog", "", "ünï"])
+            .env("A", "1")
+            .env("EMPTY", "")
+            .env("K", "v=w")
+            .build_p1()
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Call {
+        ArgsSizes,
+        EnvironSizes,
+        /// `args_get(ptrs, buf)`
+        Args(u32, u32),
+        /// `environ_get(ptrs, buf)`
+        Environ(u32, u32),
+    }
+
+    /// What `call` leaves in a 256-byte memory, and returns.
+    fn run(call: Call, wasi: &mut impl WasiSnapshotPreview1) -> (Vec<u8>, String) {
+        let mut bytes = vec![0xAAu8; 256];
+        let memory = &mut GuestMemory::Unshared(&mut bytes);
+        let result = match call {
+            Call::ArgsSizes => wasi.args_sizes_get(memory).map(|s| format!("{s:?}")),
+            Call::EnvironSizes => wasi.environ_sizes_get(memory).map(|s| format!("{s:?}")),
+            Call::Args(p, b) => wasi
+                .args_get(memory, GuestPtr::new(p), GuestPtr::new(b))
+                .map(|()| String::new()),
+            Call::Environ(p, b) => wasi
+                .environ_get(memory, GuestPtr::new(p), GuestPtr::new(b))
+                .map(|()| String::new()),
+        };
+        let result = result.unwrap_or_else(|e| match e.downcast() {
+            Ok(errno) => format!("errno {errno:?}"),
+            Err(trap) => format!("trap {trap}"),
+        });
+        (bytes, result)
+    }
+
+    /// The arguments and environment read once give the guest exactly what
+    /// the context gives it: bytes, sizes, and errors (buffers running past
+    /// the end of memory part-way through).
+    #[test]
+    fn args_and_environ_are_answered_as_the_context_answers() {
+        let mut direct = ctx();
+        let mut shared = SharedWasi::with_stop_signal(ctx(), StopSignal::new());
+        let calls = [
+            Call::ArgsSizes,
+            Call::EnvironSizes,
+            Call::Args(0, 64),
+            Call::Environ(0, 64),
+            Call::Args(0, 250),
+            Call::Environ(0, 245),
+            Call::Environ(248, 0),
+        ];
+        for call in calls {
+            let expected = run(call, &mut direct);
+            assert_eq!(run(call, &mut shared), expected, "{call:?}");
+        }
+        // They need not wait for the context.
+        let lock = shared.ctx.clone();
+        let held = lock.try_lock();
+        assert!(held.is_some());
+        assert_eq!(
+            run(Call::Environ(0, 64), &mut shared),
+            run(Call::Environ(0, 64), &mut direct)
+        );
+    }
+
+    /// A thread waiting for the context held by another gives up when the
+    /// program stops, and the context is free once its holder lets go.
+    #[test]
+    fn a_wait_for_the_context_gives_up_on_stop() {
+        let stop = StopSignal::new();
+        let shared = SharedWasi::with_stop_signal(ctx(), stop.clone());
+        let held = shared.ctx.try_lock();
+        assert!(held.is_some());
+        let waiter = {
+            let shared = shared.clone();
+            std::thread::spawn(move || shared.lock().map(|_| ()).is_err())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        stop.trigger();
+        assert!(waiter.join().unwrap(), "the waiter took a held lock");
+        drop(held);
+        assert!(shared.ctx.try_lock().is_some());
+    }
+
+    /// A monotonic clock of an embedder's own: 1000, 2000, ... from `start`.
+    struct Ticks(Arc<std::sync::atomic::AtomicU64>);
+
+    impl wasmtime_wasi::HostMonotonicClock for Ticks {
+        fn resolution(&self) -> u64 {
+            42
+        }
+        fn now(&self) -> u64 {
+            self.0.fetch_add(1000, Ordering::SeqCst) + 1000
+        }
+    }
+
+    struct Fixed;
+
+    impl wasmtime_wasi::HostWallClock for Fixed {
+        fn resolution(&self) -> Duration {
+            Duration::from_nanos(3)
+        }
+        fn now(&self) -> Duration {
+            Duration::new(5, 7)
+        }
+    }
+
+    fn clock_ctx(start: u64) -> WasiP1Ctx {
+        WasiCtxBuilder::new()
+            .monotonic_clock(Ticks(Arc::new(start.into())))
+            .wall_clock(Fixed)
+            .build_p1()
+    }
+
+    /// The clocks are read without the context's lock, and they are the
+    /// context's own: an embedder's clocks, read in one sequence whether
+    /// through `SharedWasi`, the context (its forwarders) or `with_ctx`, and
+    /// replaced by `with_ctx` if it replaces them.
+    #[test]
+    fn clocks_are_the_contexts_own_and_read_without_its_lock() {
+        use types::Clockid::*;
+        let mut shared = SharedWasi::with_stop_signal(clock_ctx(0), StopSignal::new());
+        let mut bytes = [0u8; 0];
+        let memory = &mut GuestMemory::Unshared(&mut bytes);
+        let lock = shared.ctx.clone();
+        {
+            let mut held = lock.try_lock().unwrap();
+            assert_eq!(shared.clock_time_get(memory, Monotonic, 0).unwrap(), 1000);
+            assert_eq!(
+                shared.clock_time_get(memory, Realtime, 0).unwrap(),
+                5_000_000_007
+            );
+            assert_eq!(shared.clock_res_get(memory, Realtime).unwrap(), 3);
+            assert_eq!(shared.clock_res_get(memory, Monotonic).unwrap(), 42);
+            let errno = |e: types::Error| e.downcast().ok();
+            let cpu = shared.clock_time_get(memory, ProcessCputimeId, 0);
+            assert_eq!(cpu.map_err(errno), Err(Some(types::Errno::Badf)));
+            // The context reads the same clock.
+            assert_eq!(held.clock_time_get(memory, Monotonic, 0).unwrap(), 2000);
+            assert_eq!(held.clock_res_get(memory, Realtime).unwrap(), 3);
+        }
+        let in_ctx = shared.with_ctx(|ctx| {
+            let mut bytes = [0u8; 0];
+            let memory = &mut GuestMemory::Unshared(&mut bytes);
+            ctx.clock_time_get(memory, Monotonic, 0).unwrap()
+        });
+        assert_eq!(in_ctx, 3000);
+        assert_eq!(shared.clock_time_get(memory, Monotonic, 0).unwrap(), 4000);
+        // An embedder replacing the clocks through `with_ctx`.
+        shared.with_ctx(|ctx| {
+            let mut other = WasiCtxBuilder::new();
+            other.monotonic_clock(Ticks(Arc::new(1_000_000.into())));
+            std::mem::swap(ctx.ctx().ctx.clocks(), other.build().clocks());
+        });
+        assert_eq!(
+            shared.clock_time_get(memory, Monotonic, 0).unwrap(),
+            1_001_000
+        );
+        let mut held = lock.try_lock().unwrap();
+        assert_eq!(
+            held.clock_time_get(memory, Monotonic, 0).unwrap(),
+            1_002_000
+        );
+    }
+
+    /// `random_get` draws from the context's own generators, without its
+    /// lock, and `with_ctx` sees the same generators.
+    #[test]
+    fn random_comes_from_the_contexts_own_generator() {
+        let ctx = || {
+            WasiCtxBuilder::new()
+                .secure_random(wasmtime_wasi::Deterministic::new((0..=250).collect()))
+                .build_p1()
+        };
+        let draw = |wasi: &mut dyn FnMut(&mut GuestMemory<'_>)| {
+            let mut bytes = vec![0u8; 100];
+            wasi(&mut GuestMemory::Unshared(&mut bytes));
+            bytes
+        };
+        let mut direct = ctx();
+        let mut shared = SharedWasi::with_stop_signal(ctx(), StopSignal::new());
+        let lock = shared.ctx.clone();
+        let held = lock.try_lock();
+        for _ in 0..3 {
+            let expected = draw(&mut |m| direct.random_get(m, GuestPtr::new(4), 96).unwrap());
+            let got = draw(&mut |m| shared.random_get(m, GuestPtr::new(4), 96).unwrap());
+            assert_eq!(got, expected);
+        }
+        drop(held);
+        let expected = draw(&mut |m| direct.random_get(m, GuestPtr::new(0), 16).unwrap());
+        let got =
+            shared.with_ctx(|ctx| draw(&mut |m| ctx.random_get(m, GuestPtr::new(0), 16).unwrap()));
+        assert_eq!(got, expected);
     }
 }

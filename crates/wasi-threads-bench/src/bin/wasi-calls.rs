@@ -9,6 +9,12 @@
 //!
 //! `RUST_BACKTRACE` is passed on to every runner as set, so running this
 //! with and without `RUST_BACKTRACE=1` shows what the variable costs.
+//!
+//! To compare two builds of the library in one interleaved run, copy the
+//! older build's binary aside and name it in `WASI_CALLS_BEFORE`: each round
+//! then also runs it (`--ours-once`, one run of ours in its own process),
+//! ours then runs the same way (this binary, `--ours-once`) so that both
+//! pay the same, and a `before` column and an `ours/bef` ratio are printed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,6 +85,7 @@ struct Runners {
     wasm: PathBuf,
     dir: PathBuf,
     wasmtime: bool,
+    before: Option<PathBuf>,
 }
 
 impl Runners {
@@ -114,6 +121,23 @@ impl Runners {
         ns_per_call(&String::from_utf8_lossy(&stdout.contents()))
     }
 
+    /// Ours as built by `bin`, in a process of its own.
+    fn once(&self, bin: &Path, args: &[String]) -> f64 {
+        let out = Command::new(bin)
+            .arg("--ours-once")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("run a wasi-calls binary with --ours-once");
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ns_per_call(&String::from_utf8_lossy(&out.stdout))
+    }
+
     fn wasmtime(&self, args: &[String]) -> f64 {
         let out = Command::new("wasmtime")
             .args(["run", "-W", "threads=y", "-S", "threads=y", "--dir"])
@@ -132,7 +156,27 @@ impl Runners {
 }
 
 fn main() {
-    let mut argv = std::env::args().skip(1);
+    let mut argv = std::env::args().skip(1).peekable();
+    let once = argv.next_if(|a| a == "--ours-once").is_some();
+    let engine = Engine::new(&wasi_threads_host::engine_config()).expect("engine");
+    let wasm = root().join("wasm-fixtures").join(format!("{NAME}.wasm"));
+    let module = compile(&engine, &std::fs::read(&wasm).expect("fixture")).expect("compile");
+    if once {
+        // `--ours-once DIR OP CALLS /d [THREADS]`: one run of ours, for
+        // another build's `WASI_CALLS_BEFORE` column.
+        let dir = PathBuf::from(argv.next().expect("--ours-once DIR ARGS..."));
+        let args: Vec<String> = argv.collect();
+        let runners = Runners {
+            engine,
+            module,
+            wasm,
+            dir,
+            wasmtime: false,
+            before: None,
+        };
+        println!("RESULT ns_per_call={}", runners.ours(&args));
+        return;
+    }
     let rounds: usize = argv
         .next()
         .map(|r| r.parse().expect("ROUNDS is a number"))
@@ -140,9 +184,6 @@ fn main() {
         .max(3);
     let only: Vec<String> = argv.collect();
 
-    let engine = Engine::new(&wasi_threads_host::engine_config()).expect("engine");
-    let wasm = root().join("wasm-fixtures").join(format!("{NAME}.wasm"));
-    let module = compile(&engine, &std::fs::read(&wasm).expect("fixture")).expect("compile");
     let wasmtime = Command::new("wasmtime")
         .arg("--version")
         .output()
@@ -153,6 +194,7 @@ fn main() {
         wasm,
         dir: setup(),
         wasmtime,
+        before: std::env::var_os("WASI_CALLS_BEFORE").map(PathBuf::from),
     };
 
     println!(
@@ -160,8 +202,8 @@ fn main() {
         std::env::var("RUST_BACKTRACE").unwrap_or_else(|_| "unset".into())
     );
     println!(
-        "{:<40} {:>11} {:>11} {:>11} {:>8} {:>8}",
-        "call", "native", "ours", "wasmtime36", "ours/nat", "ours/wt"
+        "{:<40} {:>11} {:>11} {:>11} {:>8} {:>8} {:>11} {:>8}",
+        "call", "native", "ours", "wasmtime36", "ours/nat", "ours/wt", "before", "ours/bef"
     );
     let mut cases: Vec<(String, Vec<String>)> = OPS
         .iter()
@@ -187,10 +229,24 @@ fn main() {
         if !only.is_empty() && !only.iter().any(|o| *o == args[0]) {
             continue;
         }
-        let (mut n, mut o, mut w) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
+        let (mut n, mut o, mut w, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
             n.push(runners.native(&args));
-            o.push(runners.ours(&args));
+            match &runners.before {
+                Some(before) => {
+                    // Taking turns at going first, so that neither build
+                    // always follows the same runner.
+                    let this = std::env::current_exe().expect("this binary's path");
+                    if round % 2 == 0 {
+                        o.push(runners.once(&this, &args));
+                        b.push(runners.once(before, &args));
+                    } else {
+                        b.push(runners.once(before, &args));
+                        o.push(runners.once(&this, &args));
+                    }
+                }
+                None => o.push(runners.ours(&args)),
+            }
             if runners.wasmtime {
                 w.push(runners.wasmtime(&args));
             }
@@ -202,8 +258,14 @@ fn main() {
             let w = median(w);
             (format!("{w:.0}"), format!("{:.2}x", o / w))
         };
+        let (b, before_ratio) = if b.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let b = median(b);
+            (format!("{b:.0}"), format!("{:.2}x", o / b))
+        };
         println!(
-            "{what:<40} {n:>11.0} {o:>11.0} {w:>11} {:>7.2}x {ratio:>8}",
+            "{what:<40} {n:>11.0} {o:>11.0} {w:>11} {:>7.2}x {ratio:>8} {b:>11} {before_ratio:>8}",
             o / n
         );
     }
