@@ -47,7 +47,10 @@ fn broken_binaries() -> Vec<(&'static str, Vec<u8>)> {
             [&valid[..8], b"\xff\xff\xff\xff\x00\x13\x37"].concat(),
         ),
         // The code section loses its last bytes: cut mid-section.
-        ("truncated in the code section", valid[..valid.len() - 2].to_vec()),
+        (
+            "truncated in the code section",
+            valid[..valid.len() - 2].to_vec(),
+        ),
         // Cut inside the export name.
         ("truncated in the export section", valid[..22].to_vec()),
         // A section size of six LEB128 bytes: longer than any u32 needs.

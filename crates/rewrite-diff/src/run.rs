@@ -5,8 +5,8 @@ use crate::generate::{GLOBAL_EXPORT_PREFIX, TABLE_EXPORT_PREFIX};
 use std::sync::OnceLock;
 use wasmtime::{
     Config, Engine, Extern, ExternType, Func, FuncType, Global, GlobalType, Instance, Memory,
-    MemoryType, MemoryTypeBuilder, Module, OptLevel, Ref, RefType, SharedMemory, Store, StoreLimits,
-    StoreLimitsBuilder, Table, TableType, Trap, Val, ValType,
+    MemoryType, MemoryTypeBuilder, Module, OptLevel, Ref, RefType, SharedMemory, Store,
+    StoreLimits, StoreLimitsBuilder, Table, TableType, Trap, Val, ValType,
 };
 
 // The host functions a rewritten module imports, spelled out here rather than
