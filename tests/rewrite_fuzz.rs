@@ -100,12 +100,13 @@ fn growth_is_capped_by_the_harness() {
     use rewrite_diff::Value::{I32, I64};
     assert_eq!(result("grow64-by-64-gib"), Ok(vec![I64(-1)]));
     assert_eq!(result("grow32-to-4-gib"), Ok(vec![I32(-1)]));
+    assert_eq!(result("grow-shared-past-the-cap"), Ok(vec![I32(-1)]));
     assert_eq!(result("grow-table"), Ok(vec![I32(-1)]));
     // Old sizes: 1 page (memory64), 1 page (shared), 1 element.
     assert_eq!(result("grow-within-the-caps"), Ok(vec![I64(3)]));
     assert_eq!(
         obs.memories.iter().map(Vec::len).collect::<Vec<_>>(),
-        [2 << 16, 4 << 16, 1 << 16]
+        [2 << 16, 4 << 16, 1 << 16, 1 << 16]
     );
 }
 
