@@ -319,3 +319,81 @@ fn an_existing_memory_export_is_kept() {
         .collect();
     assert_eq!(exports, ["memory", "_start"]);
 }
+
+/// Every thread spawns as fast as it can, so spawns at the thread limit
+/// race in all of them at once (each refused one waits its moment for a
+/// free TID), while one thread traps once the limit has been hit from
+/// several threads. 200 runs in this process: each must end with that trap
+/// (not a hang, not an exit, not another errno than `EAGAIN`), and none may
+/// leave an OS thread behind.
+#[test]
+fn spawning_at_the_limit_everywhere_while_a_thread_traps() {
+    const LIMIT: u32 = 6;
+    const RUNS: usize = 200;
+    let _serial = SERIAL.lock();
+    let wat = format!(
+        r#"(module
+  (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "env" "memory" (memory 1 1 shared))
+  ;; 0: spawns refused at the limit so far
+  (func $spawn_forever (local $r i32)
+    (loop $again
+      (local.set $r (call $spawn (i32.const 0)))
+      (if (i32.lt_s (local.get $r) (i32.const 0))
+        (then
+          ;; -EAGAIN is the only refusal a limit may give.
+          (if (i32.ne (local.get $r) (i32.const -6)) (then (call $exit (i32.const 99))))
+          (drop (i32.atomic.rmw.add (i32.const 0) (i32.const 1)))))
+      (br $again)))
+  (func (export "wasi_thread_start") (param $tid i32) (param $arg i32)
+    (if (i32.eq (local.get $arg) (i32.const 1))
+      (then
+        ;; The trapper: once spawns were refused from several threads.
+        (loop $wait
+          (br_if $wait (i32.lt_u (i32.atomic.load (i32.const 0)) (i32.const {refusals}))))
+        unreachable))
+    (call $spawn_forever))
+  (func (export "_start")
+    (if (i32.lt_s (call $spawn (i32.const 1)) (i32.const 0)) (then (call $exit (i32.const 98))))
+    (call $spawn_forever)))"#,
+        refusals = 2 * LIMIT
+    );
+    let engine = wasmtime::Engine::new(&wasi_threads_host::engine_config()).unwrap();
+    let module = wasi_threads_host::compile(&engine, wat.as_bytes()).unwrap();
+    for run in 0..RUNS {
+        let outcome = Runner::new()
+            .inherit_stdio(false)
+            .max_threads(LIMIT)
+            // Reuse idle OS threads in some runs, none in others.
+            .keep_alive(if run % 2 == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(2)
+            })
+            // Only a hang reaches this: it fails the test, not the process.
+            .timeout(Duration::from_secs(60))
+            .run_module(&module)
+            .unwrap();
+        match &outcome {
+            Outcome::Trap { tid, trap }
+                if *tid != wasi_threads_host::MAIN_TID && trap.message.contains("unreachable") => {}
+            other => panic!("run {run}: {other}"),
+        }
+        // Only Linux lists a process's threads by name (/proc/self/task).
+        // `run` joined every guest thread; the kernel may list a joined one
+        // a moment longer on a loaded machine.
+        #[cfg(target_os = "linux")]
+        {
+            let settled = Instant::now();
+            while !guest_threads_alive().is_empty() && settled.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(
+                guest_threads_alive(),
+                Vec::<String>::new(),
+                "after run {run}"
+            );
+        }
+    }
+}

@@ -62,6 +62,54 @@ fn fresh_modules_behave_the_same_after_the_rewrite() {
     );
 }
 
+/// Seeds the stable runner once failed on, each with what it found: replayed
+/// as they are generated now (the `.wat` corpus keeps the minimal form).
+const REGRESSION_SEEDS: &[(u64, &str)] = &[(
+    3_019_866,
+    "grew a memory64 to 64 GiB; the harness aborted copying it (unbounded-growth.wat)",
+)];
+
+#[test]
+fn regression_seeds_behave_the_same_after_the_rewrite() {
+    for &(seed, found) in REGRESSION_SEEDS {
+        let (wasm, _) = module_for_seed(seed);
+        if let Err(bug) = check(&wasm) {
+            panic!("seed {seed} (once {found}): {bug}");
+        }
+    }
+}
+
+/// The observation copies every memory and table, so the harness caps them
+/// (alike on both sides): growth past the cap fails as the module sees it,
+/// growth within it succeeds.
+#[test]
+fn growth_is_capped_by_the_harness() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/rewrite-corpus/unbounded-growth.wat");
+    let wasm = wat::parse_file(&path).unwrap();
+    let module = wasmtime::Module::new(rewrite_diff::engine(), &wasm).unwrap();
+    let obs = rewrite_diff::observe(&module).unwrap();
+    let result = |name: &str| {
+        obs.steps
+            .iter()
+            .find(|(label, _)| *label == format!("call {name:?}"))
+            .unwrap_or_else(|| panic!("no call of {name}: {:?}", obs.steps))
+            .1
+            .clone()
+    };
+    use rewrite_diff::Value::{I32, I64};
+    assert_eq!(result("grow64-by-64-gib"), Ok(vec![I64(-1)]));
+    assert_eq!(result("grow32-to-4-gib"), Ok(vec![I32(-1)]));
+    assert_eq!(result("grow-shared-past-the-cap"), Ok(vec![I32(-1)]));
+    assert_eq!(result("grow-table"), Ok(vec![I32(-1)]));
+    // Old sizes: 1 page (memory64), 1 page (shared), 1 element.
+    assert_eq!(result("grow-within-the-caps"), Ok(vec![I64(3)]));
+    assert_eq!(
+        obs.memories.iter().map(Vec::len).collect::<Vec<_>>(),
+        [2 << 16, 4 << 16, 1 << 16, 1 << 16]
+    );
+}
+
 /// The harness's host waits model Wasmtime's native instruction; the
 /// project's own (`wait.rs`, what `Runner` links) must trap the same way.
 /// An address plus offset past 2^32 traps natively as out of bounds even when

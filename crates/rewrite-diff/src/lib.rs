@@ -7,7 +7,10 @@
 //! same: the result or trap of every exported function and every function in
 //! a table, called with fixed arguments, the host imports called, and the
 //! final memories, globals and tables. It also asserts that the rewritten
-//! module validates and that rewriting it again changes nothing.
+//! module validates and that rewriting it again changes nothing. Memories
+//! and tables are capped alike on both sides ([`MAX_MEMORY_PAGES`],
+//! [`MAX_TABLE_ELEMENTS`]), so that no observation copies a size the
+//! generated module chose.
 //!
 //! Used by the `cargo fuzz` target in `fuzz/`, by the stable runner
 //! (`cargo run --release -p rewrite-diff -- --seconds N`) and by the
@@ -17,7 +20,9 @@ mod generate;
 mod run;
 
 pub use generate::{generate, prepare};
-pub use run::{Failure, Observation, Outcome, Value, engine, observe};
+pub use run::{
+    Failure, MAX_MEMORY_PAGES, MAX_TABLE_ELEMENTS, Observation, Outcome, Value, engine, observe,
+};
 
 use wasmparser::{Operator, Parser, Payload, TypeRef};
 use wasmtime::Module;

@@ -156,7 +156,9 @@ fn main() {
         }
         progress.fetch_add(1, Ordering::SeqCst);
         if last_report.elapsed() >= Duration::from_secs(30) {
-            println!("{}", tally.line(start.elapsed()));
+            // The seed narrows down a later abort (an allocation failure
+            // cannot be caught) to the seeds since this line.
+            println!("{} (next seed {})", tally.line(start.elapsed()), seed + 1);
             last_report = Instant::now();
         }
         seed += 1;

@@ -5,7 +5,8 @@ use crate::generate::{GLOBAL_EXPORT_PREFIX, TABLE_EXPORT_PREFIX};
 use std::sync::OnceLock;
 use wasmtime::{
     Config, Engine, Extern, ExternType, Func, FuncType, Global, GlobalType, Instance, Memory,
-    Module, OptLevel, Ref, RefType, SharedMemory, Store, Table, TableType, Trap, Val, ValType,
+    MemoryType, MemoryTypeBuilder, Module, OptLevel, Ref, RefType, SharedMemory, Store,
+    StoreLimits, StoreLimitsBuilder, Table, TableType, Trap, Val, ValType,
 };
 
 // The host functions a rewritten module imports, spelled out here rather than
@@ -20,6 +21,16 @@ const STOPPED: &str = "stopped";
 const FUEL: u64 = 20_000;
 /// How many entries of each table are called after the exports.
 const TABLE_CALLS: u64 = 8;
+
+/// The most a memory may hold, in 64 KiB pages, and a table in elements.
+/// The observation copies every memory and table whole, so without a cap a
+/// module that grows an unbounded memory64 (as seed 3,019,866 grows one to
+/// 64 GiB within its fuel) aborts the run on the copy. The cap applies to
+/// both sides alike (`memory.grow` and `table.grow` past it return -1 on
+/// both), so the comparison stays exact; generated modules start far below
+/// it (`max_memory*_bytes`, `max_table_elements`).
+pub const MAX_MEMORY_PAGES: u64 = 64;
+pub const MAX_TABLE_ELEMENTS: usize = 10_000;
 
 /// The engine both sides run on: the proposals `wasm-smith` is asked for,
 /// fuel, and deterministic floats so that NaN bits never differ between two
@@ -233,9 +244,39 @@ fn describe_args(args: &[Val]) -> String {
     parts.join(",")
 }
 
-#[derive(Default)]
 pub struct Host {
     calls: Vec<String>,
+    limits: StoreLimits,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            calls: Vec::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size((MAX_MEMORY_PAGES << 16) as usize)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .build(),
+        }
+    }
+}
+
+/// A shared memory of type `ty` capped at [`MAX_MEMORY_PAGES`]: Wasmtime
+/// applies no store limiter to shared memories, so the cap is their
+/// maximum (a smaller maximum than the import declares still matches it).
+fn capped_shared_memory(engine: &Engine, ty: &MemoryType) -> wasmtime::Result<SharedMemory> {
+    let maximum = ty
+        .maximum()
+        .unwrap_or(u64::MAX)
+        .min(MAX_MEMORY_PAGES.max(ty.minimum()));
+    let ty = MemoryTypeBuilder::new()
+        .min(ty.minimum())
+        .max(Some(maximum))
+        .memory64(ty.is_64())
+        .shared(true)
+        .page_size_log2(ty.page_size_log2())
+        .build()?;
+    SharedMemory::new(engine, ty)
 }
 
 /// The memory a rewritten module's host waits act on: the first imported
@@ -341,6 +382,7 @@ enum OwnedMemory {
 pub fn observe(module: &Module) -> Result<Observation, String> {
     let engine = engine();
     let mut store = Store::new(engine, Host::default());
+    store.limiter(|host| &mut host.limits);
     let mut obs = Observation::default();
     let mut imports = Vec::new();
     let mut memories = Vec::new();
@@ -362,7 +404,7 @@ pub fn observe(module: &Module) -> Result<Observation, String> {
             }
             ExternType::Memory(ty) => {
                 if ty.is_shared() {
-                    let m = SharedMemory::new(engine, ty).map_err(|e| e.to_string())?;
+                    let m = capped_shared_memory(engine, &ty).map_err(|e| e.to_string())?;
                     if Some(memories.len()) == waits_on {
                         wait_shared = Some(m.clone());
                     }

@@ -258,10 +258,16 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
                     && ty.results().len() == 1
                     && ty.results().all(|r| matches!(r, wasmtime::ValType::I32)));
             if !ok {
-                bail!(
-                    "import `wasi.thread-spawn` has type {:?}, expected a function (i32) -> i32",
-                    import.ty()
-                );
+                // One readable line: `ExternType` has no `Display`, and its
+                // `Debug` dumps the engine's type registry.
+                let found = match import.ty() {
+                    ExternType::Func(ty) => ty.to_string(),
+                    ExternType::Global(_) => "a global".into(),
+                    ExternType::Table(_) => "a table".into(),
+                    ExternType::Memory(_) => "a memory".into(),
+                    ExternType::Tag(_) => "a tag".into(),
+                };
+                bail!("import `wasi.thread-spawn` is {found}, expected a function (i32) -> i32");
             }
         }
         let memory = match memory::plan(module, spawns)? {
