@@ -23,6 +23,18 @@ bench:
     wasm-fixtures/build.sh --native-only
     cargo run --release -p wasi-threads-bench
 
+# A real program (issue 18): ripgrep built for wasm32-wasip1-threads over a
+# generated tree of 10 000 files (with and without RUST_BACKTRACE=1) and on
+# one tiny file (start-up, warm and cold caches), natively, with our CLI and
+# with `wasmtime run` 36 (`$WASMTIME`, else `wasmtime` on PATH; left out when
+# absent), interleaved, idle and with CPU hogs. The first run `cargo
+# install`s ripgrep into target/rg-bench/. One build for both binaries, so
+# the CLI and the bench share one Wasmtime. E.g. `just rg-bench --rounds 9
+# --idle tree`.
+rg-bench *args:
+    cargo build --release -p wasi-threads-cli -p wasi-threads-bench
+    "${CARGO_TARGET_DIR:-target}/release/wasi-threads-bench" ripgrep {{args}}
+
 # tokio's test suite under wasi-threads with tokio's own CI runner line
 # (network to crates.io the first time). Selected targets: `just tokio
 # rt_threaded sync_mpsc`; under wasmtime: `RUNTIME=wasmtime just tokio`.

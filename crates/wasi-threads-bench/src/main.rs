@@ -12,6 +12,10 @@
 //!   core: pingpong, pipeline, lines, fdwrite, compute (which also runs "the
 //!   floor": the plain engine with no supervision, see [`floor`]).
 //!
+//! `ripgrep [OPTIONS]` runs a real program instead: ripgrep over a generated
+//! tree of 10 000 files, and its start-up, natively, with the CLI and with
+//! `wasmtime run` 36 (see [`ripgrep`]; `just rg-bench`).
+//!
 //! `--quick` shrinks every workload; `--reps N` sets the repetitions
 //! (default 3; figures are medians); `--idle` / `--hogs` measure only on an
 //! idle machine / only under load.
@@ -24,6 +28,7 @@ mod classic;
 mod compare;
 mod floor;
 mod hogs;
+mod ripgrep;
 
 use compare::{Loads, Tools, Workload, workload};
 use std::collections::HashMap;
@@ -250,6 +255,10 @@ fn main() {
     if args.first().map(String::as_str) == Some("--floor") {
         args.remove(0);
         floor::main(args);
+    }
+    if args.first().map(String::as_str) == Some("ripgrep") {
+        args.remove(0);
+        ripgrep::main(args);
     }
     let mut options = Options {
         quick: false,
