@@ -22,7 +22,7 @@ pub enum Runner {
     Cli,
     /// The `wasmtime` 36 CLI.
     Wasmtime36,
-    /// The plain engine: no rewrite, no epochs, no supervision.
+    /// The plain engine: no rewrite (no stop checks), no supervision.
     Floor,
 }
 
