@@ -1,6 +1,7 @@
 //! Every way a thread can keep running wasm without end is reached by the
-//! stop checks the rewrite adds (loop headers, entries of non-leaf
-//! functions): an infinite loop with no calls, a loop whose body is one
+//! stop checks the rewrite adds (loop headers, and the entries of functions
+//! that recurse, call opaquely or head large call trees): an infinite loop
+//! with no calls, a loop whose body is one
 //! `br_if`, recursion with no loops (direct, through `call_indirect`, as tail
 //! calls), a call tree with neither loops nor recursion, a loop of cheap
 //! host calls, a wait entered from a loop. In each, a spawned thread runs the

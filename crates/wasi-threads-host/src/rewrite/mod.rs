@@ -408,8 +408,8 @@ enum Plan {
 /// already has them all: whether it is "already rewritten" is read off its
 /// code, never off a marker it could forge. A module that imports the
 /// host's functions or stop flag is left alone only if they are exactly the
-/// ones the rewrite adds, with exactly its types, every loop and every
-/// non-leaf function checks the flag exactly as the rewrite would have, and
+/// ones the rewrite adds, with exactly its types, every loop checks the flag,
+/// every function [`checks`] asks an entry check of has one, and
 /// no native wait or notify on the shared memory is left. Anything else
 /// importing from [`HOST_MODULE`] is refused, since the host did not put it
 /// there.
