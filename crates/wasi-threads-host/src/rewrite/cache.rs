@@ -21,8 +21,9 @@ const REWRITE_VERSION: u32 = 2;
 /// The rewrite's own source, part of every key: a build whose rewrite
 /// differs in any way never loads what another build cached, even if
 /// nobody bumped [`REWRITE_VERSION`].
-const REWRITE_SOURCES: [&[u8]; 4] = [
+const REWRITE_SOURCES: [&[u8]; 5] = [
     include_bytes!("mod.rs"),
+    include_bytes!("checks.rs"),
     include_bytes!("offsets.rs"),
     include_bytes!("dwarf.rs"),
     include_bytes!("cache.rs"),
