@@ -250,7 +250,7 @@ fn compute(o: &Options) -> Vec<Workload> {
 type Group = fn(&Options) -> Vec<Workload>;
 type BenchFn = fn(&mut Bench);
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--floor") {
         args.remove(0);
@@ -258,7 +258,7 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("ripgrep") {
         args.remove(0);
-        ripgrep::main(args);
+        return ripgrep::main(args);
     }
     let mut options = Options {
         quick: false,
@@ -332,4 +332,5 @@ fn main() {
         }
     }
     compare::cleanup();
+    std::process::ExitCode::SUCCESS
 }

@@ -32,7 +32,7 @@ use crate::root;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 /// The ripgrep release the recipe installs when none is given.
@@ -59,16 +59,17 @@ struct Options {
     generate_only: bool,
 }
 
-fn usage(why: &str) -> ! {
+/// Prints why the command line is wrong, and the usage; the exit status.
+fn usage(why: &str) -> ExitCode {
     eprintln!(
         "wasi-threads-bench ripgrep: {why}\n\
          usage: wasi-threads-bench ripgrep [--rg-wasm PATH] [--rg-native PATH] [--cli PATH] \
          [--wasmtime PATH] [--rounds N] [--tree DIR] [--pattern P] [--idle|--hogs] [tree] [startup] [generate]"
     );
-    std::process::exit(2)
+    ExitCode::from(2)
 }
 
-fn parse_options(args: Vec<String>) -> Options {
+fn parse_options(args: Vec<String>) -> Result<Options, String> {
     let mut o = Options {
         rg_wasm: None,
         rg_native: None,
@@ -85,37 +86,34 @@ fn parse_options(args: Vec<String>) -> Options {
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
-        };
+        let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
-            "--rg-wasm" => o.rg_wasm = Some(value().into()),
-            "--rg-native" => o.rg_native = Some(value().into()),
-            "--cli" => o.cli = Some(value().into()),
-            "--wasmtime" => o.wasmtime = Some(value().into()),
-            "--tree" => o.tree = value().into(),
-            "--pattern" => o.pattern = value(),
+            "--rg-wasm" => o.rg_wasm = Some(value()?.into()),
+            "--rg-native" => o.rg_native = Some(value()?.into()),
+            "--cli" => o.cli = Some(value()?.into()),
+            "--wasmtime" => o.wasmtime = Some(value()?.into()),
+            "--tree" => o.tree = value()?.into(),
+            "--pattern" => o.pattern = value()?,
             "--rounds" => {
-                o.rounds = value()
+                o.rounds = value()?
                     .parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage("--rounds N (N > 0)"))
+                    .ok_or("--rounds N (N > 0)")?
             }
             "--idle" => o.hogs = false,
             "--hogs" => o.idle = false,
             "tree" => o.tree_mode = true,
             "startup" => o.startup_mode = true,
             "generate" => o.generate_only = true,
-            other => usage(&format!("unknown argument {other:?}")),
+            other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if !o.tree_mode && !o.startup_mode {
         o.tree_mode = true;
         o.startup_mode = true;
     }
-    o
+    Ok(o)
 }
 
 /// `cargo install`s ripgrep into `target/rg-bench/<what>` unless it is
@@ -487,8 +485,11 @@ fn header(title: &str, runners: &[Runner]) {
     println!("{line}");
 }
 
-pub fn main(args: Vec<String>) -> ! {
-    let o = parse_options(args);
+pub fn main(args: Vec<String>) -> ExitCode {
+    let o = match parse_options(args) {
+        Ok(o) => o,
+        Err(why) => return usage(&why),
+    };
     if o.generate_only {
         let (dirs, files, bytes) = tree(&o.tree, &o.pattern);
         println!(
@@ -500,7 +501,7 @@ pub fn main(args: Vec<String>) -> ! {
                 " (already there)".to_string()
             }
         );
-        std::process::exit(0);
+        return ExitCode::SUCCESS;
     }
     let programs = Programs {
         rg_wasm: o
@@ -518,7 +519,7 @@ pub fn main(args: Vec<String>) -> ! {
         wasmtime: o.wasmtime.clone().or_else(find_wasmtime),
     };
     if !programs.cli.exists() {
-        usage(&format!(
+        return usage(&format!(
             "no CLI at {} (cargo build --release -p wasi-threads-cli, or --cli PATH)",
             programs.cli.display()
         ));
@@ -651,5 +652,5 @@ pub fn main(args: Vec<String>) -> ! {
             println!("(load after: {})", loadavg());
         }
     }
-    std::process::exit(i32::from(failed))
+    ExitCode::from(u8::from(failed))
 }
