@@ -233,3 +233,35 @@ fn a_module_compiled_without_the_rewrite_is_refused() {
         "{err}"
     );
 }
+
+/// `stopped` is the host's, for checks that saw the flag: a module that
+/// passes the rewrite's verification and calls it while nothing stops the
+/// program traps, and so ends the program with a cause (it must not end its
+/// thread as "stopped" with none, which would leave `run` waiting).
+#[test]
+fn calling_stopped_while_running_is_a_trap() {
+    let engine = Engine::new(&engine_config()).unwrap();
+    let wat = r#"(module
+      (import "wasi-threads-host" "stopped" (func $stopped))
+      (import "wasi-threads-host" "stop-flag" (memory $flag 1 1 shared))
+      (func (export "_start")
+        (if (i32.atomic.load $flag (i32.const 0)) (then (call $stopped)))
+        (call $stopped)))"#;
+    assert!(
+        wasi_threads_host::rewrite(wat.as_bytes())
+            .unwrap()
+            .is_none(),
+        "verified as already rewritten"
+    );
+    let module = compile(&engine, wat.as_bytes()).unwrap();
+    let outcome = wasi_threads_host::Runner::new()
+        .engine(engine)
+        .inherit_stdio(false)
+        .timeout(Duration::from_secs(30))
+        .run_module(&module)
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("not stopping")),
+        "{outcome:?}"
+    );
+}

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use wasmtime::{AsContext, Engine, Linker, MemoryType, Result, SharedMemory};
 
 /// One program's stop flag.
+#[derive(Clone)]
 pub(crate) struct StopFlag {
     page: SharedMemory,
 }
@@ -35,15 +36,23 @@ impl StopFlag {
         })
     }
 
-    /// Sets the flag: every check from now on, in every thread, unwinds.
-    pub fn raise(&self) {
+    fn word(&self) -> &AtomicU32 {
         let word = self.page.data().as_ptr().cast::<AtomicU32>();
         // SAFETY: the page is 64 KiB, page-aligned (so aligned for a u32)
-        // and lives as long as `self.page`; `UnsafeCell<u8>` allows writes
-        // through a shared reference, and guests only ever read this word,
-        // with atomic loads (the rewrite's checks), so an atomic store is
-        // the right way to write it.
-        unsafe { (*word).store(1, Ordering::SeqCst) };
+        // and lives as long as `self.page`, which the returned reference
+        // borrows; `UnsafeCell<u8>` allows writes through a shared
+        // reference, and wasm only ever accesses this word atomically (the
+        // rewrite's checks are its only accesses), as `AtomicU32` does.
+        unsafe { &*word }
+    }
+
+    /// Sets the flag: every check from now on, in every thread, unwinds.
+    pub fn raise(&self) {
+        self.word().store(1, Ordering::SeqCst);
+    }
+
+    fn is_raised(&self) -> bool {
+        self.word().load(Ordering::SeqCst) != 0
     }
 
     /// Defines the flag's memory and `stopped` in `linker`. `store` is any
@@ -54,8 +63,19 @@ impl StopFlag {
         store: impl AsContext<Data = T>,
     ) -> Result<()> {
         linker.define(store, HOST_MODULE, STOP_FLAG, self.page.clone())?;
-        linker.func_wrap(HOST_MODULE, STOPPED, || -> Result<()> {
-            Err(Stopped.into())
+        let flag = self.clone();
+        linker.func_wrap(HOST_MODULE, STOPPED, move || -> Result<()> {
+            // Only a check that saw the flag calls this. A module that calls
+            // it otherwise (one written to pass the rewrite's verification)
+            // must not end a thread as if the program were stopping, with no
+            // cause for its end: that is a trap like any other.
+            if flag.is_raised() {
+                Err(Stopped.into())
+            } else {
+                Err(wasmtime::format_err!(
+                    "`{HOST_MODULE}.{STOPPED}` called while the program is not stopping"
+                ))
+            }
         })?;
         Ok(())
     }

@@ -510,7 +510,9 @@ pub fn compile_guest(engine: &Engine, bytes: &[u8]) -> Result<GuestModule> {
 }
 
 /// Whether `module` was prepared by [`compile`]: it imports the stop flag
-/// (which [`plan`] lets only a fully checked module do).
+/// (which [`plan`] lets only a fully checked module do). A compiled module's
+/// code cannot be read back, so this catches a `Module::new` by mistake; it
+/// is `compile` that verifies a module which imports the flag itself.
 pub(crate) fn is_prepared(module: &Module) -> bool {
     module
         .imports()
