@@ -243,9 +243,6 @@ fn backtraces_are_formatted_in_the_original_offsets() {
     linker
         .define(&store, "wasi-threads-host", "stop-flag", flag)
         .unwrap();
-    linker
-        .func_wrap("wasi-threads-host", "stopped", || {})
-        .unwrap();
     let memory = wasmtime::SharedMemory::new(&engine, wasmtime::MemoryType::shared(1, 1)).unwrap();
     linker.define(&store, "env", "memory", memory).unwrap();
     linker

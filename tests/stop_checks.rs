@@ -234,19 +234,19 @@ fn a_module_compiled_without_the_rewrite_is_refused() {
     );
 }
 
-/// `stopped` is the host's, for checks that saw the flag: a module that
-/// passes the rewrite's verification and calls it while nothing stops the
-/// program traps, and so ends the program with a cause (it must not end its
-/// thread as "stopped" with none, which would leave `run` waiting).
+/// A check traps, and the host takes an `unreachable` trap for a stop only
+/// while the flag is raised: a module that passes the rewrite's verification
+/// and reaches an `unreachable` of its own while nothing stops the program
+/// ends it with that trap as its cause (it must not end its thread as
+/// "stopped" with no cause, which would leave `run` waiting).
 #[test]
-fn calling_stopped_while_running_is_a_trap() {
+fn a_guest_unreachable_while_running_is_a_trap() {
     let engine = Engine::new(&engine_config()).unwrap();
     let wat = r#"(module
-      (import "wasi-threads-host" "stopped" (func $stopped))
       (import "wasi-threads-host" "stop-flag" (memory $flag 1 1 shared))
       (func (export "_start")
-        (if (i32.atomic.load $flag (i32.const 0)) (then (call $stopped)))
-        (call $stopped)))"#;
+        (if (i32.atomic.load $flag (i32.const 0)) (then (unreachable)))
+        (unreachable)))"#;
     assert!(
         wasi_threads_host::rewrite(wat.as_bytes())
             .unwrap()
@@ -261,7 +261,7 @@ fn calling_stopped_while_running_is_a_trap() {
         .run_module(&module)
         .unwrap();
     assert!(
-        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("not stopping")),
+        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("unreachable")),
         "{outcome:?}"
     );
 }

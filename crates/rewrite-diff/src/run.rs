@@ -15,7 +15,6 @@ const HOST_MODULE: &str = "wasi-threads-host";
 const WAIT32: &str = "memory.atomic.wait32";
 const WAIT64: &str = "memory.atomic.wait64";
 const NOTIFY: &str = "memory.atomic.notify";
-const STOPPED: &str = "stopped";
 
 /// Fuel for instantiation (the start function) and for each call.
 const FUEL: u64 = 20_000;
@@ -396,12 +395,6 @@ pub fn observe(module: &Module) -> Result<Observation, String> {
             ExternType::Memory(ty) if module_name == HOST_MODULE => SharedMemory::new(engine, ty)
                 .map_err(|e| e.to_string())?
                 .into(),
-            ExternType::Func(_) if module_name == HOST_MODULE && name == STOPPED => {
-                Func::wrap(&mut store, || -> wasmtime::Result<()> {
-                    Err(wasmtime::format_err!("the stop flag is never raised here"))
-                })
-                .into()
-            }
             ExternType::Memory(ty) => {
                 if ty.is_shared() {
                     let m = capped_shared_memory(engine, &ty).map_err(|e| e.to_string())?;

@@ -6,8 +6,11 @@
 //! for each program and every thread's instance imports, so raising it is a
 //! single store that every thread of the program sees, and of no other
 //! program: stops of one program cost the others on the same engine nothing.
-//! A check that sees it set calls the host's `stopped`, which unwinds the
-//! thread with [`Stopped`].
+//! A check that sees it set traps (`unreachable`); a thread whose wasm
+//! trapped while the flag is raised was stopped ([`StopFlag::stopped`]).
+//! The flag is raised only by the stop fan-out, after the program's first
+//! cause is claimed, so a guest's own trap that races with the stop loses
+//! nothing: whatever it was, it could no longer have ended the program.
 //!
 //! This replaces Wasmtime's epoch interruption, which the host no longer
 //! needs: an embedder's epochs, deadlines and callbacks are theirs alone.
@@ -15,13 +18,12 @@
 //! frame that saves registers for the cold path, even in leaf functions);
 //! the flag is checked only where a thread could otherwise run on, and each
 //! check is an atomic load (a plain `mov` on x86-64, a load-acquire on
-//! aarch64) behind two loads the compiler hoists out of loops, and a branch
-//! that is never taken until the end.
+//! aarch64) behind two loads the compiler hoists out of loops, and a
+//! conditional trap, which (unlike a call) clobbers no register.
 
-use crate::rewrite::{HOST_MODULE, STOP_FLAG, STOPPED};
-use crate::stop::Stopped;
+use crate::rewrite::{HOST_MODULE, STOP_FLAG};
 use std::sync::atomic::{AtomicU32, Ordering};
-use wasmtime::{AsContext, Engine, Linker, MemoryType, Result, SharedMemory};
+use wasmtime::{AsContext, Engine, Linker, MemoryType, Result, SharedMemory, Trap};
 
 /// One program's stop flag.
 #[derive(Clone)]
@@ -55,28 +57,22 @@ impl StopFlag {
         self.word().load(Ordering::SeqCst) != 0
     }
 
-    /// Defines the flag's memory and `stopped` in `linker`. `store` is any
-    /// store of the same data type (Wasmtime needs one to define a memory).
+    /// Whether `err`, what a thread's wasm ended with, is a stop check's
+    /// trap: an `unreachable` trap while the flag is raised. (A guest's
+    /// own `unreachable` at that moment is taken for one too; the program
+    /// is stopping, so it could not have been its cause.)
+    pub fn stopped(&self, err: &wasmtime::Error) -> bool {
+        err.downcast_ref::<Trap>() == Some(&Trap::UnreachableCodeReached) && self.is_raised()
+    }
+
+    /// Defines the flag's memory in `linker`. `store` is any store of the
+    /// same data type (Wasmtime needs one to define a memory).
     pub fn add_to_linker<T: 'static>(
         &self,
         linker: &mut Linker<T>,
         store: impl AsContext<Data = T>,
     ) -> Result<()> {
         linker.define(store, HOST_MODULE, STOP_FLAG, self.page.clone())?;
-        let flag = self.clone();
-        linker.func_wrap(HOST_MODULE, STOPPED, move || -> Result<()> {
-            // Only a check that saw the flag calls this. A module that calls
-            // it otherwise (one written to pass the rewrite's verification)
-            // must not end a thread as if the program were stopping, with no
-            // cause for its end: that is a trap like any other.
-            if flag.is_raised() {
-                Err(Stopped.into())
-            } else {
-                Err(wasmtime::format_err!(
-                    "`{HOST_MODULE}.{STOPPED}` called while the program is not stopping"
-                ))
-            }
-        })?;
         Ok(())
     }
 }

@@ -239,6 +239,7 @@ impl<T: Clone + Send + 'static> Shared<T> {
         })();
         match result {
             Ok(()) => ThreadExit::Returned,
+            Err(e) if self.stop_flag.stopped(&e) => ThreadExit::Stopped,
             Err(e) => classify(e, self.offsets.as_deref().map(|map| (map, &self.module))),
         }
     }

@@ -6,10 +6,11 @@
 //!   passing one (recursion, calls through tables, imports, large call
 //!   trees: see [`checks`]), the thread reads the program's stop flag (the
 //!   first word of a one-page shared memory the host owns, [`STOP_FLAG`])
-//!   and, once it is set, calls the host's [`STOPPED`], which unwinds it.
-//!   Between two checks a thread runs a bounded amount of code. Small
-//!   functions called from hot loops get no check at all; that, and a check
-//!   that is one atomic load and a predicted branch, is what makes the
+//!   and, once it is set, traps (`unreachable`): the host, seeing its flag
+//!   raised, takes that trap for the thread having been stopped. Between
+//!   two checks a thread runs a bounded amount of code. Small functions
+//!   called from hot loops get no check at all; that, and a check that is
+//!   one atomic load and a conditional trap, is what makes the
 //!   checks cheaper than Wasmtime's epoch interruption, which checks at
 //!   every function entry (see [`crate::interrupt`]).
 //! - **Waits through the host.** Every `memory.atomic.wait32/64` and
@@ -28,8 +29,12 @@
 //! A rewritten wait becomes `i32.const <memarg offset>; call <host function>`:
 //! the operands already on the stack stay where they are and the offset
 //! travels as one more argument, so no locals are needed. A check is
-//! `i32.const 0; i32.atomic.load <flag>; if; call <stopped>; end`, which
-//! leaves the stack as it was. Every other part of the module is re-encoded
+//! `i32.const 0; i32.atomic.load <flag>; if; unreachable; end`, which
+//! leaves the stack as it was. It traps rather than calling the host: a
+//! call in a loop, even one never taken, makes the compiler keep every
+//! value live across the loop in registers a call preserves or on the
+//! stack, which cost the call-heavy kernels of the compute benchmark a
+//! third of their speed; a trap clobbers nothing. Every other part of the module is re-encoded
 //! unchanged apart from function indices, which shift by the functions
 //! imported after the module's own function imports, and the indices of
 //! memories the module defines, which shift by the flag's memory.
@@ -67,9 +72,6 @@ pub const WAIT64: &str = "memory.atomic.wait64";
 pub const NOTIFY: &str = "memory.atomic.notify";
 /// `(memory 1 1 shared)`: the program's stop flag is its first word.
 pub const STOP_FLAG: &str = "stop-flag";
-/// `() -> ()`: called by a check that sees the stop flag set; unwinds the
-/// thread.
-pub const STOPPED: &str = "stopped";
 
 /// The export name wiggle's WASI glue looks the caller's memory up by.
 const MEMORY_EXPORT: &str = "memory";
@@ -101,9 +103,8 @@ struct Scan {
     /// would have.
     host_imports: [bool; 3],
     /// The memory index of an import of [`STOP_FLAG`] with the rewrite's
-    /// type, and the function index of one of [`STOPPED`].
+    /// type.
     stop_flag: Option<u32>,
-    stopped: Option<u32>,
     /// The function indices of every function imported from [`HOST_MODULE`]:
     /// calling them is not calling wasm.
     host_funcs: Vec<u32>,
@@ -210,10 +211,10 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
                         scan.wait_elsewhere = Some(memory);
                     }
                 }
-                if let (Some(flag), Some(stopped)) = (scan.stop_flag, scan.stopped) {
-                    let present = present_checks(&body, flag, stopped)?;
+                if let Some(flag) = scan.stop_flag {
+                    let present = present_checks(&body, flag)?;
                     // A check's own instructions are not the function's
-                    // work (its call of `stopped` is not counted anyway).
+                    // work.
                     info.weight = info.weight.saturating_sub(4 * present.count);
                     scan.entry_checked.push(present.entry);
                     scan.loops_checked &= present.loops;
@@ -224,7 +225,7 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
         }
     }
     scan.entry = checks::Placement::new(&scan.bodies_info, &[]).entry;
-    if scan.stop_flag.is_some() && scan.stopped.is_some() {
+    if scan.stop_flag.is_some() {
         let needed = checks::Placement::new(&scan.bodies_info, &scan.entry_checked);
         scan.checked = scan.loops_checked && needed.covered_by(&scan.entry_checked);
     }
@@ -255,10 +256,6 @@ impl Scan {
             return;
         }
         let ours = match name {
-            STOPPED if self.stopped.is_none() => func_type(&ty)
-                .is_some_and(|f| f.params().is_empty() && f.results().is_empty())
-                .then(|| self.stopped = Some(func_index))
-                .is_some(),
             STOP_FLAG if self.stop_flag.is_none() => match ty {
                 TypeRef::Memory(m) if m == stop_flag_type() => {
                     self.stop_flag = Some(memory_index);
@@ -321,11 +318,7 @@ struct PresentChecks {
     count: u64,
 }
 
-fn present_checks(
-    body: &wasmparser::FunctionBody<'_>,
-    flag: u32,
-    stopped: u32,
-) -> Result<PresentChecks> {
+fn present_checks(body: &wasmparser::FunctionBody<'_>, flag: u32) -> Result<PresentChecks> {
     let mut ops = body.get_operators_reader()?;
     let check = |ops: &mut wasmparser::OperatorsReader<'_>| -> Result<bool> {
         for expected in 0..5 {
@@ -338,7 +331,7 @@ fn present_checks(
                     memarg.memory == flag && memarg.offset == 0
                 }
                 (2, Operator::If { blockty }) => blockty == wasmparser::BlockType::Empty,
-                (3, Operator::Call { function_index }) => function_index == stopped,
+                (3, Operator::Unreachable) => true,
                 (4, Operator::End) => true,
                 _ => false,
             };
@@ -430,7 +423,7 @@ fn plan(scan: &Scan) -> Result<Plan> {
     if let Some(import) = &scan.foreign_host_import {
         bail!(
             "the module imports {import}, but `{HOST_MODULE}` is reserved for the host's own \
-             imports (only `{WAIT32}`, `{WAIT64}`, `{NOTIFY}`, `{STOPPED}` and `{STOP_FLAG}` \
+             imports (only `{WAIT32}`, `{WAIT64}`, `{NOTIFY}` and `{STOP_FLAG}` \
              with the host's types); refusing to run it"
         );
     }
@@ -446,7 +439,7 @@ fn plan(scan: &Scan) -> Result<Plan> {
         );
     }
     let routed = scan.host_imports.iter().any(|&b| b);
-    let reserved = routed || scan.stop_flag.is_some() || scan.stopped.is_some();
+    let reserved = routed || scan.stop_flag.is_some();
     if !reserved {
         return Ok(Plan::Rewrite {
             route: scan.atomics_on_shared,
@@ -462,8 +455,8 @@ fn plan(scan: &Scan) -> Result<Plan> {
     if routed && !scan.host_imports.iter().all(|&b| b) {
         return not_ours("only some of its wait and notify functions");
     }
-    if scan.stop_flag.is_none() || scan.stopped.is_none() {
-        return not_ours("not both its stop flag and its `stopped` function");
+    if scan.stop_flag.is_none() {
+        return not_ours("not its stop flag");
     }
     if !scan.checked {
         return not_ours("does not check the stop flag at every loop and every call");
@@ -572,8 +565,7 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
         imports_added: false,
         imported_funcs: scan.imported_funcs,
         imported_memories: scan.imported_memories,
-        added_funcs: routed_funcs + 1,
-        stopped: scan.imported_funcs + routed_funcs,
+        added_funcs: routed_funcs,
         first_added_type: scan.types,
         entry: scan.entry,
         next_body: 0,
@@ -618,10 +610,8 @@ struct Rewriter {
     imported_funcs: u32,
     imported_memories: u32,
     /// The functions the rewrite imports after the module's own function
-    /// imports: the routed waits and notify (if any), then [`STOPPED`].
+    /// imports: the routed waits and notify, if any.
     added_funcs: u32,
-    /// The function index of [`STOPPED`] in the rewritten module.
-    stopped: u32,
     /// The first of the types added at the end of the type section.
     first_added_type: u32,
     /// [`Scan::entry`], and the index of the next body in it.
@@ -667,12 +657,11 @@ impl Rewriter {
                 );
             }
         }
-        types.ty().function([], []);
         self.types_added = true;
     }
 
     /// The added imports, at the end of the import section: the routed
-    /// functions, [`STOPPED`], and the stop flag's memory, whose index is
+    /// functions, and the stop flag's memory, whose index is
     /// then the number of memories the module imports.
     fn add_imports(&mut self, imports: &mut wasm_encoder::ImportSection) {
         let mut ty = self.first_added_type;
@@ -682,7 +671,6 @@ impl Rewriter {
                 ty += 1;
             }
         }
-        imports.import(HOST_MODULE, STOPPED, wasm_encoder::EntityType::Function(ty));
         let flag = stop_flag_type();
         imports.import(
             HOST_MODULE,
@@ -719,7 +707,7 @@ impl Rewriter {
             I::I32Const(0),
             load,
             I::If(wasm_encoder::BlockType::Empty),
-            I::Call(self.stopped),
+            I::Unreachable,
             I::End,
         ] {
             moves.exact(func.byte_len(), original);
@@ -811,7 +799,9 @@ impl Reencode for Rewriter {
         if !self.types_added && due(SectionId::Type) {
             let mut types = wasm_encoder::TypeSection::new();
             self.add_types(&mut types);
-            module.section(&types);
+            if !types.is_empty() {
+                module.section(&types);
+            }
         }
         if !self.imports_added && due(SectionId::Import) {
             let mut imports = wasm_encoder::ImportSection::new();
@@ -964,20 +954,19 @@ mod tests {
                 "wasi-threads-host.memory.atomic.wait32",
                 "wasi-threads-host.memory.atomic.wait64",
                 "wasi-threads-host.memory.atomic.notify",
-                "wasi-threads-host.stopped",
                 "wasi-threads-host.stop-flag",
             ]
         );
         assert_eq!(atomics_left, 0);
-        // The module's own functions moved past the four new imports, and
+        // The module's own functions moved past the three new functions, and
         // every reference to them (start, names) moved with them.
-        assert_eq!(start, Some(5));
+        assert_eq!(start, Some(4));
         assert_eq!(
             names,
             [
                 (0, "f".to_string()),
-                (5, "a".to_string()),
-                (6, "b".to_string())
+                (4, "a".to_string()),
+                (5, "b".to_string())
             ]
         );
     }
@@ -1089,7 +1078,6 @@ mod tests {
     #[test]
     fn a_forged_stop_flag_without_the_checks_is_refused() {
         let forged = r#"(module
-          (import "wasi-threads-host" "stopped" (func))
           (import "wasi-threads-host" "stop-flag" (memory 1 1 shared))
           (func (export "_start") (loop (br 0))))"#;
         let err = rewrite(forged.as_bytes()).unwrap_err().to_string();
@@ -1147,8 +1135,7 @@ mod tests {
             exports(&out),
             [
                 ("mem".into(), ExternalKind::Memory, 0),
-                // After the `stopped` import.
-                ("_start".into(), ExternalKind::Func, 1),
+                ("_start".into(), ExternalKind::Func, 0),
                 ("memory".into(), ExternalKind::Memory, 0),
             ]
         );
