@@ -265,3 +265,38 @@ fn a_guest_unreachable_while_running_is_a_trap() {
         "{outcome:?}"
     );
 }
+
+/// The flag is the host's, but a module that imports it (and so passes as
+/// already rewritten) can write it: its threads then trap at their next
+/// check while nothing stops the program. That is a trap like any other and
+/// ends the program with it as the cause; it must not pass for a stop, which
+/// would leave `run` waiting for a cause with every thread "stopped".
+#[test]
+fn a_guest_raising_the_flag_itself_ends_with_a_trap() {
+    let engine = Engine::new(&engine_config()).unwrap();
+    let wat = r#"(module
+      (import "wasi-threads-host" "stop-flag" (memory $flag 1 1 shared))
+      (func (export "_start")
+        (if (i32.atomic.load $flag (i32.const 0)) (then (unreachable)))
+        (i32.atomic.store $flag (i32.const 0) (i32.const 1))
+        (loop $spin
+          (if (i32.atomic.load $flag (i32.const 0)) (then (unreachable)))
+          (br $spin))))"#;
+    assert!(
+        wasi_threads_host::rewrite(wat.as_bytes())
+            .unwrap()
+            .is_none(),
+        "verified as already rewritten"
+    );
+    let module = compile(&engine, wat.as_bytes()).unwrap();
+    let outcome = wasi_threads_host::Runner::new()
+        .engine(engine)
+        .inherit_stdio(false)
+        .timeout(Duration::from_secs(30))
+        .run_module(&module)
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("unreachable")),
+        "{outcome:?}"
+    );
+}

@@ -6,11 +6,15 @@
 //! for each program and every thread's instance imports, so raising it is a
 //! single store that every thread of the program sees, and of no other
 //! program: stops of one program cost the others on the same engine nothing.
-//! A check that sees it set traps (`unreachable`); a thread whose wasm
-//! trapped while the flag is raised was stopped ([`StopFlag::stopped`]).
-//! The flag is raised only by the stop fan-out, after the program's first
-//! cause is claimed, so a guest's own trap that races with the stop loses
-//! nothing: whatever it was, it could no longer have ended the program.
+//! A check that sees it set traps (`unreachable`), and such a trap in a
+//! program that is stopping is a stopped thread ([`is_check_trap`]). It is
+//! the program's phase that tells, not the flag: a guest can write the flag
+//! (a module that imports it is verified to check it, not to leave it
+//! alone), and a program whose guest raised it itself must end with that
+//! trap as its cause, not wait for one forever with every thread
+//! "stopped". A guest's own `unreachable` racing with a stop is taken for a
+//! check's trap too, which loses nothing: a cause was claimed before the
+//! flag was raised, so that trap could no longer have ended the program.
 //!
 //! This replaces Wasmtime's epoch interruption, which the host no longer
 //! needs: an embedder's epochs, deadlines and callbacks are theirs alone.
@@ -24,6 +28,13 @@
 use crate::rewrite::{HOST_MODULE, STOP_FLAG};
 use std::sync::atomic::{AtomicU32, Ordering};
 use wasmtime::{AsContext, Engine, Linker, MemoryType, Result, SharedMemory, Trap};
+
+/// Whether `err`, what a thread's wasm ended with, is the trap of a stop
+/// check: an `unreachable` trap. Only meaningful once the program is
+/// stopping (see the module docs).
+pub(crate) fn is_check_trap(err: &wasmtime::Error) -> bool {
+    err.downcast_ref::<Trap>() == Some(&Trap::UnreachableCodeReached)
+}
 
 /// One program's stop flag.
 #[derive(Clone)]
@@ -43,26 +54,16 @@ impl StopFlag {
         // SAFETY: the page is 64 KiB, page-aligned (so aligned for a u32)
         // and lives as long as `self.page`, which the returned reference
         // borrows; `UnsafeCell<u8>` allows writes through a shared
-        // reference, and wasm only ever accesses this word atomically (the
-        // rewrite's checks are its only accesses), as `AtomicU32` does.
+        // reference, and the host only ever accesses this word atomically.
+        // Wasm's accesses (the checks' atomic loads, or whatever a module
+        // that imports the flag does to it) are machine instructions on a
+        // shared memory, as for any `SharedMemory`, not Rust accesses.
         unsafe { &*word }
     }
 
     /// Sets the flag: every check from now on, in every thread, unwinds.
     pub fn raise(&self) {
         self.word().store(1, Ordering::SeqCst);
-    }
-
-    fn is_raised(&self) -> bool {
-        self.word().load(Ordering::SeqCst) != 0
-    }
-
-    /// Whether `err`, what a thread's wasm ended with, is a stop check's
-    /// trap: an `unreachable` trap while the flag is raised. (A guest's
-    /// own `unreachable` at that moment is taken for one too; the program
-    /// is stopping, so it could not have been its cause.)
-    pub fn stopped(&self, err: &wasmtime::Error) -> bool {
-        err.downcast_ref::<Trap>() == Some(&Trap::UnreachableCodeReached) && self.is_raised()
     }
 
     /// Defines the flag's memory in `linker`. `store` is any store of the

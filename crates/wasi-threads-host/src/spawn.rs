@@ -2,8 +2,8 @@
 //! thread — the main thread and every spawned one — runs from start to end
 //! ([`Shared::guest_thread`]).
 
-use crate::interrupt::StopFlag;
-use crate::lifecycle::{Cause, Lifecycle};
+use crate::interrupt::{self, StopFlag};
+use crate::lifecycle::{Cause, Lifecycle, Phase};
 use crate::pool::{Finishing, Job, WorkerPool};
 use crate::rewrite::OffsetMap;
 use crate::stop::{StopSignal, Stopped};
@@ -239,7 +239,9 @@ impl<T: Clone + Send + 'static> Shared<T> {
         })();
         match result {
             Ok(()) => ThreadExit::Returned,
-            Err(e) if self.stop_flag.stopped(&e) => ThreadExit::Stopped,
+            Err(e) if interrupt::is_check_trap(&e) && self.lifecycle.phase() >= Phase::Stopping => {
+                ThreadExit::Stopped
+            }
             Err(e) => classify(e, self.offsets.as_deref().map(|map| (map, &self.module))),
         }
     }
