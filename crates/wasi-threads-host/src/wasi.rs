@@ -21,9 +21,15 @@
 //! context would give: the same objects, read through the same public host
 //! calls `wasmtime-wasi`'s own preview1 functions use.
 //!
-//! What still holds it: every call on a descriptor, for the length of the
-//! call, I/O included. `wasmtime-wasi` keeps the table (and file positions)
-//! private, so a call on a descriptor runs inside the locked context; with
+//! Reads, writes, seeks and `fd_tell` of the files `path_open` opens do not
+//! take it either: [`crate::files`] keeps, beside the context, each such
+//! file's host file, append flag and position, and the context stays the one
+//! fd table (opening, closing, renumbering and flag changes still go through
+//! it and update those entries under its lock).
+//!
+//! What still holds it: every other call on a descriptor, for the length of
+//! the call, I/O included. `wasmtime-wasi` keeps the table private, so such a
+//! call runs inside the locked context; with
 //! blocking allowed on the current thread (as [`crate::Runner`] sets) a
 //! syscall that blocks — the open or read of a FIFO nobody writes — blocks
 //! there, holding the lock, where no stop signal reaches. Such a thread can
