@@ -289,9 +289,9 @@ impl OpenFile {
             if let Ok(pos) = resolve(&self.file, &mut state) {
                 state.pos = Pos::At(pos);
             }
-            if sys::set_append(&self.file, append).is_err() {
-                state.regular = Some(false);
-            }
+            // `F_SETFL` fails only on a closed descriptor, and this entry
+            // keeps it open.
+            let _ = sys::set_append(&self.file, append);
         }
         state.append = append;
     }
