@@ -13,7 +13,7 @@
 //! (`fd_close`, `fd_renumber`, `fd_fdstat_set_flags`) still goes to the
 //! context, and updates the entry here while holding the context's lock.
 //! From then on the position lives here; the calls of the context that read
-//! it (`poll_oneoff`) are handed it first ([`Files::sync_positions`]), and
+//! it (`poll_oneoff`) are handed it first ([`Files::sync_position`]), and
 //! [`crate::SharedWasi::with_ctx`] gives every descriptor back
 //! ([`Files::release_all`]).
 //!
@@ -195,16 +195,14 @@ impl Files {
         }
     }
 
-    /// Hands the positions of `fds` to the context, for a call of the
-    /// context that reads them.
-    pub(crate) fn sync_positions(&self, ctx: &mut WasiP1Ctx, fds: &[types::Fd]) {
-        for &fd in fds {
-            if let Some(file) = self.get(fd) {
-                // A position the file description cannot tell (it never
-                // fails on a regular file) leaves the context's as it was.
-                if let Ok(pos) = file.position() {
-                    seek_context(ctx, fd, pos);
-                }
+    /// Hands the position of `fd` to the context, for a call of the context
+    /// that reads it.
+    pub(crate) fn sync_position(&self, ctx: &mut WasiP1Ctx, fd: types::Fd) {
+        if let Some(file) = self.get(fd) {
+            // A position the file description cannot tell (it never fails
+            // on a regular file) leaves the context's as it was.
+            if let Ok(pos) = file.position() {
+                seek_context(ctx, fd, pos);
             }
         }
     }

@@ -637,25 +637,6 @@ fn check_array<T: GuestType>(
     Ok(())
 }
 
-/// The descriptors `subs` polls for reading or writing (the array was
-/// checked to lie in memory when the poll was planned).
-fn polled_fds(
-    memory: &GuestMemory<'_>,
-    subs: GuestPtr<types::Subscription>,
-    n: types::Size,
-) -> Result<Vec<types::Fd>, types::Error> {
-    let mut fds = Vec::new();
-    for sub in subs.as_array(n).iter() {
-        match memory.read(sub?)?.u {
-            types::SubscriptionU::FdRead(rw) | types::SubscriptionU::FdWrite(rw) => {
-                fds.push(rw.file_descriptor)
-            }
-            types::SubscriptionU::Clock(_) => {}
-        }
-    }
-    Ok(fds)
-}
-
 /// Copies the bytes of `ciovs` out of guest memory, at most [`MAX_GATHER`]
 /// of them, charging `fuel` for the iovec array as `wasmtime-wasi` does.
 fn gather(
@@ -903,7 +884,13 @@ impl WasiSnapshotPreview1 for SharedWasi {
         locked!(self, ctx => async {
             // The context reads the positions of the files it polls.
             if !files.is_empty() {
-                files.sync_positions(&mut ctx, &polled_fds(memory, subs, nsubscriptions)?);
+                for sub in subs.as_array(nsubscriptions).iter() {
+                    if let types::SubscriptionU::FdRead(rw) | types::SubscriptionU::FdWrite(rw) =
+                        memory.read(sub?)?.u
+                    {
+                        files.sync_position(&mut ctx, rw.file_descriptor);
+                    }
+                }
             }
             ctx.poll_oneoff(memory, subs, events, nsubscriptions).await
         })
