@@ -34,6 +34,7 @@
 #[cfg(not(any(feature = "cranelift", feature = "winch")))]
 compile_error!("wasi-threads-host needs a compiler: enable its `cranelift` or `winch` feature");
 
+mod files;
 mod interrupt;
 mod lifecycle;
 mod memory;

@@ -21,9 +21,15 @@
 //! context would give: the same objects, read through the same public host
 //! calls `wasmtime-wasi`'s own preview1 functions use.
 //!
-//! What still holds it: every call on a descriptor, for the length of the
-//! call, I/O included. `wasmtime-wasi` keeps the table (and file positions)
-//! private, so a call on a descriptor runs inside the locked context; with
+//! Reads, writes, seeks and `fd_tell` of the files `path_open` opens do not
+//! take it either: [`crate::files`] keeps, beside the context, each such
+//! file's host file, append flag and position, and the context stays the one
+//! fd table (opening, closing, renumbering and flag changes still go through
+//! it and update those entries under its lock).
+//!
+//! What still holds it: every other call on a descriptor, for the length of
+//! the call, I/O included. `wasmtime-wasi` keeps the table private, so such a
+//! call runs inside the locked context; with
 //! blocking allowed on the current thread (as [`crate::Runner`] sets) a
 //! syscall that blocks — the open or read of a FIFO nobody writes — blocks
 //! there, holding the lock, where no stop signal reaches. Such a thread can
@@ -36,6 +42,7 @@
 //! for what they copy.
 
 use crate::WasiThreads;
+use crate::files::{At, Files};
 use crate::stdin::SharedStdin;
 use crate::stdio::{SharedOutput, WriteFailed};
 use crate::stop::{StopSignal, Stopped};
@@ -86,6 +93,9 @@ pub struct SharedWasi {
     /// from then on that fd is no longer the stream given here, and calls on
     /// it go through the context.
     stdio_moved: Arc<AtomicU8>,
+    /// The open files whose reads, writes and position are handled beside
+    /// the context, without its lock (see [`crate::files`]).
+    pub(crate) files: Arc<Files>,
 }
 
 /// The arguments and environment as the context gives them to the guest:
@@ -366,6 +376,7 @@ impl SharedWasi {
             stdout: None,
             stderr: None,
             stdio_moved: Arc::new(AtomicU8::new(0)),
+            files: Arc::default(),
         }
     }
 
@@ -437,6 +448,9 @@ impl SharedWasi {
     /// from then on.
     pub fn with_ctx<R>(&self, f: impl FnOnce(&mut WasiP1Ctx) -> R) -> R {
         let mut ctx = self.ctx.lock();
+        // `f` may use any descriptor: hand them all back to the context,
+        // positions included.
+        self.files.release_all(&mut ctx);
         let result = {
             // `f` sees the context as it was built, its own clocks and
             // generators in it, and whatever it leaves there are the ones
@@ -820,11 +834,9 @@ impl WasiSnapshotPreview1 for SharedWasi {
 
     forward! {
         fn fd_allocate(fd: types::Fd, offset: types::Filesize, len: types::Filesize) -> Result<(), types::Error>;
-        fn fd_fdstat_set_flags(fd: types::Fd, flags: types::Fdflags) -> Result<(), types::Error>;
         fn fd_fdstat_set_rights(fd: types::Fd, base: types::Rights, inheriting: types::Rights) -> Result<(), types::Error>;
         fn fd_prestat_get(fd: types::Fd) -> Result<types::Prestat, types::Error>;
         fn fd_prestat_dir_name(fd: types::Fd, path: GuestPtr<u8>, path_max_len: types::Size) -> Result<(), types::Error>;
-        fn fd_tell(fd: types::Fd) -> Result<types::Filesize, types::Error>;
         fn proc_raise(sig: types::Signal) -> Result<(), types::Error>;
         fn sock_accept(fd: types::Fd, flags: types::Fdflags) -> Result<types::Fd, types::Error>;
         fn sock_recv(fd: types::Fd, ri_data: types::IovecArray, ri_flags: types::Riflags) -> Result<(types::Size, types::Roflags), types::Error>;
@@ -840,15 +852,12 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn fd_filestat_set_size(fd: types::Fd, size: types::Filesize) -> Result<(), types::Error>;
         fn fd_filestat_set_times(fd: types::Fd, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
         fn fd_pread(fd: types::Fd, iovs: types::IovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
-        fn fd_pwrite(fd: types::Fd, ciovs: types::CiovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
-        fn fd_seek(fd: types::Fd, offset: types::Filedelta, whence: types::Whence) -> Result<types::Filesize, types::Error>;
         fn fd_sync(fd: types::Fd) -> Result<(), types::Error>;
         fn fd_readdir(fd: types::Fd, buf: GuestPtr<u8>, buf_len: types::Size, cookie: types::Dircookie) -> Result<types::Size, types::Error>;
         fn path_create_directory(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_filestat_get(dirfd: types::Fd, flags: types::Lookupflags, path: GuestPtr<str>) -> Result<types::Filestat, types::Error>;
         fn path_filestat_set_times(dirfd: types::Fd, flags: types::Lookupflags, path: GuestPtr<str>, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
         fn path_link(src_fd: types::Fd, src_flags: types::Lookupflags, src_path: GuestPtr<str>, target_fd: types::Fd, target_path: GuestPtr<str>) -> Result<(), types::Error>;
-        fn path_open(dirfd: types::Fd, dirflags: types::Lookupflags, path: GuestPtr<str>, oflags: types::Oflags, base: types::Rights, inheriting: types::Rights, fdflags: types::Fdflags) -> Result<types::Fd, types::Error>;
         fn path_readlink(dirfd: types::Fd, path: GuestPtr<str>, buf: GuestPtr<u8>, buf_len: types::Size) -> Result<types::Size, types::Error>;
         fn path_remove_directory(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_rename(src_fd: types::Fd, src_path: GuestPtr<str>, dest_fd: types::Fd, dest_path: GuestPtr<str>) -> Result<(), types::Error>;
@@ -871,7 +880,117 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if let Some(plan) = self.plan_poll(memory, subs, nsubscriptions)? {
             return self.poll_planned(memory, &plan, events).await;
         }
-        locked!(self, ctx => ctx.poll_oneoff(memory, subs, events, nsubscriptions))
+        let files = self.files.clone();
+        locked!(self, ctx => async {
+            // The context reads the positions of the files it polls.
+            if !files.is_empty() {
+                for sub in subs.as_array(nsubscriptions).iter() {
+                    if let types::SubscriptionU::FdRead(rw) | types::SubscriptionU::FdWrite(rw) =
+                        memory.read(sub?)?.u
+                    {
+                        files.sync_position(&mut ctx, rw.file_descriptor);
+                    }
+                }
+            }
+            ctx.poll_oneoff(memory, subs, events, nsubscriptions).await
+        })
+    }
+
+    async fn path_open(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        dirfd: types::Fd,
+        dirflags: types::Lookupflags,
+        path: GuestPtr<str>,
+        oflags: types::Oflags,
+        base: types::Rights,
+        inheriting: types::Rights,
+        fdflags: types::Fdflags,
+    ) -> Result<types::Fd, types::Error> {
+        let files = self.files.clone();
+        locked!(self, ctx => async {
+            let before = Files::snapshot(&mut ctx);
+            let fd = ctx
+                .path_open(memory, dirfd, dirflags, path, oflags, base, inheriting, fdflags)
+                .await?;
+            files.adopt(&mut ctx, before, fd, fdflags);
+            Ok(fd)
+        })
+    }
+
+    fn fd_fdstat_set_flags(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+        flags: types::Fdflags,
+    ) -> Result<(), types::Error> {
+        let mut ctx = self.lock()?;
+        ctx.set_hostcall_fuel(self.hostcall_fuel);
+        ctx.fd_fdstat_set_flags(memory, fd, flags)?;
+        self.files.flags_set(fd, flags);
+        Ok(())
+    }
+
+    async fn fd_seek(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+        offset: types::Filedelta,
+        whence: types::Whence,
+    ) -> Result<types::Filesize, types::Error> {
+        if let Some(done) = self.files.get(fd).and_then(|f| f.seek(offset, whence)) {
+            return done;
+        }
+        let files = self.files.clone();
+        locked!(self, ctx => async {
+            match files.get(fd).and_then(|f| f.seek(offset, whence)) {
+                Some(done) => done,
+                None => ctx.fd_seek(memory, fd, offset, whence).await,
+            }
+        })
+    }
+
+    fn fd_tell(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+    ) -> Result<types::Filesize, types::Error> {
+        if let Some(done) = self.files.get(fd).and_then(|f| f.tell()) {
+            return done;
+        }
+        let mut ctx = self.lock()?;
+        match self.files.get(fd).and_then(|f| f.tell()) {
+            Some(done) => done,
+            None => {
+                ctx.set_hostcall_fuel(self.hostcall_fuel);
+                ctx.fd_tell(memory, fd)
+            }
+        }
+    }
+
+    async fn fd_pwrite(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+        ciovs: types::CiovecArray,
+        offset: types::Filesize,
+    ) -> Result<types::Size, types::Error> {
+        let fuel = self.hostcall_fuel;
+        let at = At::Offset(offset);
+        if let Some(done) = self
+            .files
+            .get(fd)
+            .and_then(|f| f.write(memory, ciovs, at, fuel))
+        {
+            return done;
+        }
+        let files = self.files.clone();
+        locked!(self, ctx => async {
+            match files.get(fd).and_then(|f| f.write(memory, ciovs, at, fuel)) {
+                Some(done) => done,
+                None => ctx.fd_pwrite(memory, fd, ciovs, offset).await,
+            }
+        })
     }
 
     // Clocks, arguments and environment never need the fd table.
@@ -985,7 +1104,23 @@ impl WasiSnapshotPreview1 for SharedWasi {
                 Err(stopped) => Err(SharedWasi::stopped(stopped)),
             };
         }
-        locked!(self, ctx => ctx.fd_write(memory, fd, ciovs))
+        let fuel = self.hostcall_fuel;
+        let at = At::Cursor;
+        if let Some(done) = self
+            .files
+            .get(fd)
+            .and_then(|f| f.write(memory, ciovs, at, fuel))
+        {
+            return done;
+        }
+        // Under the lock, look again: a `path_open` may have just made `fd`.
+        let files = self.files.clone();
+        locked!(self, ctx => async {
+            match files.get(fd).and_then(|f| f.write(memory, ciovs, at, fuel)) {
+                Some(done) => done,
+                None => ctx.fd_write(memory, fd, ciovs).await,
+            }
+        })
     }
 
     async fn fd_read(
@@ -1008,7 +1143,17 @@ impl WasiSnapshotPreview1 for SharedWasi {
                 .map_err(SharedWasi::stopped)?;
             return locked!(self, ctx => ctx.fd_read(memory, fd, iovs));
         }
-        locked!(self, ctx => ctx.fd_read(memory, fd, iovs))
+        let fuel = self.hostcall_fuel;
+        if let Some(done) = self.files.get(fd).and_then(|f| f.read(memory, iovs, fuel)) {
+            return done;
+        }
+        let files = self.files.clone();
+        locked!(self, ctx => async {
+            match files.get(fd).and_then(|f| f.read(memory, iovs, fuel)) {
+                Some(done) => done,
+                None => ctx.fd_read(memory, fd, iovs).await,
+            }
+        })
     }
 
     async fn fd_close(
@@ -1016,7 +1161,12 @@ impl WasiSnapshotPreview1 for SharedWasi {
         memory: &mut GuestMemory<'_>,
         fd: types::Fd,
     ) -> Result<(), types::Error> {
-        let result = locked!(self, ctx => ctx.fd_close(memory, fd));
+        let files = self.files.clone();
+        let result = locked!(self, ctx => async {
+            ctx.fd_close(memory, fd).await?;
+            files.closed(fd);
+            Ok(())
+        });
         if result.is_ok() {
             self.note_fd_replaced(fd);
         }
@@ -1029,7 +1179,14 @@ impl WasiSnapshotPreview1 for SharedWasi {
         from: types::Fd,
         to: types::Fd,
     ) -> Result<(), types::Error> {
-        let result = locked!(self, ctx => ctx.fd_renumber(memory, from, to));
+        let files = self.files.clone();
+        let result = locked!(self, ctx => async {
+            ctx.fd_renumber(memory, from, to).await?;
+            if from != to {
+                files.renumbered(from, to);
+            }
+            Ok(())
+        });
         if result.is_ok() {
             self.note_fd_replaced(to);
             self.note_fd_replaced(from);
