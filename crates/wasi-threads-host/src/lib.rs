@@ -39,6 +39,7 @@ mod lifecycle;
 mod memory;
 mod pool;
 mod program;
+mod readdir;
 mod rewrite;
 mod runner;
 mod spawn;
