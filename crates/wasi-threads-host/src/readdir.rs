@@ -61,7 +61,7 @@ mod linux {
     use rustix::fs::{AtFlags, Dir, Mode, OFlags, StatxFlags};
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt as _;
-    use std::sync::Arc;
+    use std::sync::{Arc, Weak};
 
     /// Most resource-table entries scanned for the directory: past this
     /// many open resources the call goes to the context.
@@ -193,19 +193,48 @@ mod linux {
         if stat.filetype != types::Filetype::Directory {
             return None;
         }
+        let mut known = IDENTITIES.lock();
+        // Forget the directories closed since.
+        known.retain(|(dir, _)| dir.strong_count() > 0);
         for (i, entry) in ctx.ctx().table.iter_mut().enumerate() {
             if i >= MAX_SCAN {
                 return None;
             }
             let entry = &*entry as &dyn std::any::Any;
-            if let Some(Descriptor::Dir(dir)) = entry.downcast_ref::<Descriptor>() {
-                let meta = dir.dir.metadata().ok()?;
-                if identity_hash(meta.dev(), meta.ino()) == stat.ino {
-                    return Some((dir.dir.clone(), stat.ino));
-                }
+            if let Some(Descriptor::Dir(dir)) = entry.downcast_ref::<Descriptor>()
+                && identity(&mut known, &dir.dir)? == stat.ino
+            {
+                return Some((dir.dir.clone(), stat.ino));
             }
         }
         None
+    }
+
+    /// The identity hash of every open directory looked at, so that each is
+    /// `fstat`ed once, not at every listing of any directory. A `Weak`
+    /// keeps its allocation, so an address here is never another
+    /// directory's while its entry lives.
+    static IDENTITIES: parking_lot::Mutex<Vec<(Weak<std::fs::File>, u64)>> =
+        parking_lot::Mutex::new(Vec::new());
+
+    /// `dir`'s identity hash, from `known` or from an `fstat` (then kept).
+    fn identity(
+        known: &mut Vec<(Weak<std::fs::File>, u64)>,
+        dir: &Arc<std::fs::File>,
+    ) -> Option<u64> {
+        if let Some((_, hash)) = known
+            .iter()
+            .find(|(d, _)| std::ptr::eq(d.as_ptr(), Arc::as_ptr(dir)))
+        {
+            return Some(*hash);
+        }
+        let meta = dir.metadata().ok()?;
+        let hash = identity_hash(meta.dev(), meta.ino());
+        // As many as the table scan looks at, at most.
+        if known.len() < MAX_SCAN {
+            known.push((Arc::downgrade(dir), hash));
+        }
+        Some(hash)
     }
 
     /// `wasmtime-wasi`'s `d_ino` (the low half of its "metadata hash"): the
@@ -488,6 +517,18 @@ mod tests {
             for len in [0, 30, 4096] {
                 let (a, b) = both(&mut ours, &mut theirs, fa, 8, len, 0);
                 assert_eq!(a, b, "{path} buf_len {len}");
+            }
+        }
+        // A closed descriptor's number, reused for another directory, lists
+        // that one (the identities kept of closed directories are dropped).
+        for path in ["sub", "sub/inner", "sub"] {
+            let (fa, fb) = (open(&mut ours, path), open(&mut theirs, path));
+            assert!(answered_here(&mut ours, fa), "{path}");
+            let (a, b) = both(&mut ours, &mut theirs, fa, 0, 4096, 0);
+            assert_eq!(a, b, "{path} reopened");
+            let mut none = [0u8; 0];
+            for (ctx, fd) in [(&mut ours, fa), (&mut theirs, fb)] {
+                now(ctx.fd_close(&mut GuestMemory::Unshared(&mut none), fd.into())).unwrap();
             }
         }
         use std::os::unix::ffi::OsStrExt as _;
