@@ -10,7 +10,9 @@
 //!   `RUST_BACKTRACE` unset and once with `RUST_BACKTRACE=1` in the host's
 //!   environment (every WASI errno used to capture a native backtrace then);
 //! - `startup`: `rg -c PATTERN tiny.txt` on one small file, where start-up
-//!   dominates: our CLI with a warm module cache and with `--no-cache`,
+//!   dominates: our CLI with a warm module cache, with an empty one (a
+//!   user's first run: the rewrite, compilation and writing the cache
+//!   entry) and with `--no-cache`,
 //!   `wasmtime run` 36 with its default (warm) cache and with `-C cache=n`.
 //!
 //! Every run is a whole process, timed from spawn to exit. Within a round the
@@ -287,12 +289,20 @@ fn tree(dir: &Path, pattern: &str) -> (usize, usize, u64) {
     (DIRS, FILES, bytes)
 }
 
+/// `$XDG_CACHE_HOME` of [`Runner::OursFirst`], emptied before each run.
+fn empty_cache() -> PathBuf {
+    std::env::temp_dir().join(format!("rg-bench-empty-cache-{}", std::process::id()))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Runner {
     Native,
     Ours,
     /// Our CLI with `--no-cache`: a first run's rewrite and compilation.
     OursUncached,
+    /// Our CLI with an empty module cache (emptied before every run): a
+    /// user's first run, which also writes the cache entry.
+    OursFirst,
     Wasmtime36,
     /// `wasmtime run -C cache=n`.
     Wasmtime36Uncached,
@@ -304,6 +314,7 @@ impl Runner {
             Runner::Native => "native",
             Runner::Ours => "ours",
             Runner::OursUncached => "ours-nocache",
+            Runner::OursFirst => "ours-first",
             Runner::Wasmtime36 => "wt36",
             Runner::Wasmtime36Uncached => "wt36-nocache",
         }
@@ -338,11 +349,16 @@ impl Programs {
                 cmd.current_dir(job.dir);
                 cmd
             }
-            Runner::Ours | Runner::OursUncached => {
+            Runner::Ours | Runner::OursUncached | Runner::OursFirst => {
                 let mut cmd = Command::new(&self.cli);
                 cmd.args(dir_flag());
                 if runner == Runner::OursUncached {
                     cmd.arg("--no-cache");
+                }
+                if runner == Runner::OursFirst {
+                    // The CLI's cache lives under $XDG_CACHE_HOME.
+                    let _ = std::fs::remove_dir_all(empty_cache());
+                    cmd.env("XDG_CACHE_HOME", empty_cache());
                 }
                 cmd.arg("--").arg(&self.rg_wasm);
                 cmd
@@ -615,7 +631,12 @@ pub fn main(args: Vec<String>) -> ExitCode {
             println!("(load after: {})", loadavg());
         }
         if o.startup_mode {
-            let mut runners = vec![Runner::Native, Runner::Ours, Runner::OursUncached];
+            let mut runners = vec![
+                Runner::Native,
+                Runner::Ours,
+                Runner::OursFirst,
+                Runner::OursUncached,
+            ];
             if have_wt {
                 runners.extend([Runner::Wasmtime36, Runner::Wasmtime36Uncached]);
             }
@@ -633,7 +654,9 @@ pub fn main(args: Vec<String>) -> ExitCode {
                 args: ["-c", &o.pattern, "tiny.txt"].map(String::from).to_vec(),
                 backtrace: false,
             };
-            match measure(&programs, &runners, &job, o.rounds) {
+            let measured = measure(&programs, &runners, &job, o.rounds);
+            let _ = std::fs::remove_dir_all(empty_cache());
+            match measured {
                 Ok(times) => row(
                     "one tiny file",
                     &runners,
@@ -641,6 +664,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
                     &[
                         (Runner::Ours, Runner::Native),
                         (Runner::Ours, Runner::Wasmtime36),
+                        (Runner::OursFirst, Runner::Wasmtime36Uncached),
                         (Runner::OursUncached, Runner::Wasmtime36Uncached),
                     ],
                 ),

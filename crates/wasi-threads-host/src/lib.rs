@@ -40,6 +40,7 @@ mod lifecycle;
 mod memory;
 mod pool;
 mod program;
+mod readdir;
 mod rewrite;
 mod runner;
 mod spawn;

@@ -853,7 +853,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn fd_filestat_set_times(fd: types::Fd, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
         fn fd_pread(fd: types::Fd, iovs: types::IovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
         fn fd_sync(fd: types::Fd) -> Result<(), types::Error>;
-        fn fd_readdir(fd: types::Fd, buf: GuestPtr<u8>, buf_len: types::Size, cookie: types::Dircookie) -> Result<types::Size, types::Error>;
         fn path_create_directory(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_filestat_get(dirfd: types::Fd, flags: types::Lookupflags, path: GuestPtr<str>) -> Result<types::Filestat, types::Error>;
         fn path_filestat_set_times(dirfd: types::Fd, flags: types::Lookupflags, path: GuestPtr<str>, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
@@ -863,6 +862,18 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn path_rename(src_fd: types::Fd, src_path: GuestPtr<str>, dest_fd: types::Fd, dest_path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_symlink(src_path: GuestPtr<str>, dirfd: types::Fd, dest_path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_unlink_file(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
+    }
+
+    async fn fd_readdir(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+        buf: GuestPtr<u8>,
+        buf_len: types::Size,
+        cookie: types::Dircookie,
+    ) -> Result<types::Size, types::Error> {
+        // The context's answer, without its `statx` of every entry.
+        locked!(self, ctx => crate::readdir::fd_readdir(&mut ctx, memory, fd, buf, buf_len, cookie))
     }
 
     async fn poll_oneoff(

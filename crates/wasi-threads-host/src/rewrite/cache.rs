@@ -9,7 +9,6 @@
 //! produced: the serialized `Module` and the [`OffsetMap`].
 
 use super::{GuestModule, OffsetMap, compile_guest};
-use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +44,9 @@ pub fn compile_guest_cached(engine: &Engine, bytes: &[u8], dir: &Path) -> Result
         log::debug!("module loaded from the cache ({})", module_path.display());
         return Ok(guest);
     }
+    // `compile_guest` leaves out DWARF the engine does not read. The key
+    // needs no more for it: whether the engine reads DWARF is part of its
+    // compatibility hash.
     let guest = compile_guest(engine, bytes)?;
     if let Err(e) = store(&guest, dir, &module_path, &map_path) {
         log::debug!(
@@ -60,18 +62,25 @@ fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
-    let mut hasher = Sha256::new();
-    hasher.update(REWRITE_VERSION.to_le_bytes());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&REWRITE_VERSION.to_le_bytes());
     for source in REWRITE_SOURCES {
         hasher.update(source);
     }
-    hasher.update(engine_hash.finish().to_le_bytes());
+    hasher.update(&engine_hash.finish().to_le_bytes());
+    hash_module(&mut hasher, bytes);
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Adds the module's bytes to the key: on all cores when there are enough
+/// of them to be worth it (BLAKE3 is a tree hash: the result is the same).
+fn hash_module(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    #[cfg(feature = "parallel-compilation")]
+    if bytes.len() >= 1 << 20 {
+        hasher.update_rayon(bytes);
+        return;
+    }
     hasher.update(bytes);
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn load(engine: &Engine, module_path: &Path, map_path: &Path) -> Option<GuestModule> {
@@ -146,6 +155,24 @@ mod tests {
         let fourth = compile_guest_cached(&engine, GUEST, &dir).unwrap();
         assert_eq!(fourth.offsets().encode().unwrap(), encoded);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Whether the engine reads DWARF decides what is compiled (see
+    /// `dwarf::without_unread_dwarf`), so it must decide the key: it does,
+    /// through the engine's compatibility hash.
+    #[test]
+    fn the_key_separates_engines_that_read_dwarf_from_those_that_do_not() {
+        use wasmtime::WasmBacktraceDetails::{Disable, Enable};
+        let key = |details, native| {
+            let mut config = crate::engine_config();
+            config.wasm_backtrace_details(details).debug_info(native);
+            cache_key(&Engine::new(&config).unwrap(), GUEST)
+        };
+        let plain = key(Disable, false);
+        assert_eq!(plain, key(Disable, false));
+        assert_ne!(plain, key(Enable, false));
+        assert_ne!(plain, key(Disable, true));
+        assert_ne!(key(Enable, false), key(Disable, true));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::OffsetMap;
 use gimli::write::{self, Address, ConvertResult, ConvertUnit, ConvertUnitEntry};
 use gimli::{EndianSlice, LittleEndian, constants};
 use std::ops::Range;
-use wasmtime::Result;
+use wasmtime::{Engine, Result};
 
 type Reader<'a> = EndianSlice<'a, LittleEndian>;
 
@@ -57,6 +57,103 @@ struct Dropped {
     ranges: usize,
 }
 
+/// Whether `engine` reads a module's DWARF: for file and line in trap
+/// backtraces (`Config::wasm_backtrace_details`, which by default follows
+/// `WASMTIME_BACKTRACE_DETAILS`) or for native debuggers
+/// (`Config::debug_info`). Otherwise Wasmtime only notes that the module has
+/// some, and remapping it is wasted work (a tenth of a first start of a
+/// large module built with debug info).
+///
+/// Wasmtime tells its settings only through `Config`'s `Debug` output; if
+/// that ever stops saying plainly that the DWARF is not parsed, the answer
+/// is yes (the DWARF is then remapped as always).
+pub(super) fn wanted(engine: &Engine) -> bool {
+    let config = format!("{:?}", engine.config());
+    config.contains("debug_native: true") || !config.contains("parse_wasm_debuginfo: false")
+}
+
+/// The name of the (empty) section left in place of DWARF nobody reads.
+const MARKER: &str = ".debug_info";
+
+/// `binary` as `engine` will use it: without its DWARF if the engine does
+/// not read it (see [`wanted`]), so that the rewrite neither remaps it nor
+/// copies it. An empty `.debug_info` section stays in its place, so that
+/// Wasmtime still knows the module had debug information (its trap messages
+/// then suggest `WASMTIME_BACKTRACE_DETAILS=1`, as for the original module).
+///
+/// Only DWARF after the code section is taken out, so that every code
+/// offset of the result is that of `binary` (the offset map speaks of the
+/// module the user built); anything unusual (DWARF before the code, a
+/// component, bytes that do not parse) leaves `binary` as it is for the
+/// rewrite to judge.
+pub(super) fn without_unread_dwarf<'a>(
+    engine: &Engine,
+    binary: &'a [u8],
+) -> std::borrow::Cow<'a, [u8]> {
+    let Some(debug) = debug_sections_after_code(binary) else {
+        return binary.into();
+    };
+    // Nothing, or only a marker left by an earlier call: nothing to take out.
+    if debug.iter().all(|(_, empty)| *empty) || wanted(engine) {
+        return binary.into();
+    }
+    let debug: Vec<Range<usize>> = debug.into_iter().map(|(range, _)| range).collect();
+    let removed: usize = debug.iter().map(|r| r.len()).sum();
+    let mut out = Vec::with_capacity(binary.len() - removed + MARKER.len() + 2);
+    let mut at = 0;
+    for range in &debug {
+        out.extend_from_slice(&binary[at..range.start]);
+        at = range.end;
+    }
+    out.extend_from_slice(&binary[at..]);
+    // A custom section (id 0): its size, then its name (length-prefixed).
+    out.extend_from_slice(&[0, MARKER.len() as u8 + 1, MARKER.len() as u8]);
+    out.extend_from_slice(MARKER.as_bytes());
+    out.into()
+}
+
+/// The byte ranges (section headers included) of `binary`'s `.debug_*`
+/// custom sections and whether each is empty, if all of them come after its
+/// code section; `None` if some come before it, there is no code, or
+/// `binary` is not a core module that parses.
+fn debug_sections_after_code(binary: &[u8]) -> Option<Vec<(Range<usize>, bool)>> {
+    use wasmparser::{Chunk, Parser, Payload};
+    let mut parser = Parser::new(0);
+    let mut at = 0;
+    let mut code_seen = false;
+    let mut debug = Vec::new();
+    loop {
+        let Chunk::Parsed { consumed, payload } = parser.parse(binary.get(at..)?, true).ok()?
+        else {
+            return None;
+        };
+        let start = at;
+        at += consumed;
+        match payload {
+            Payload::Version {
+                encoding: wasmparser::Encoding::Module,
+                ..
+            } => {}
+            Payload::Version { .. } => return None,
+            Payload::CodeSectionStart { size, .. } => {
+                // The bodies are the rewrite's business: step over them.
+                parser.skip_section();
+                at += size as usize;
+                code_seen = true;
+            }
+            Payload::CustomSection(section) if section.name().starts_with(".debug_") => {
+                if !code_seen {
+                    return None;
+                }
+                debug.push((start..at, section.data().is_empty()));
+            }
+            Payload::End(_) => break,
+            _ => {}
+        }
+    }
+    code_seen.then_some(debug)
+}
+
 /// The `.debug_*` sections of `binary` (name, range of its data), remapped
 /// for the rewritten module described by `map`.
 pub(super) fn remap(
@@ -64,6 +161,14 @@ pub(super) fn remap(
     sections: &[(String, Range<usize>)],
     map: &OffsetMap,
 ) -> Result<Vec<(String, Vec<u8>)>> {
+    // Nothing to remap (the marker `without_unread_dwarf` leaves): kept as
+    // it is, so that the rewritten module still says it had DWARF.
+    if sections.iter().all(|(_, range)| range.is_empty()) {
+        return Ok(sections
+            .iter()
+            .map(|(name, _)| (name.clone(), Vec::new()))
+            .collect());
+    }
     let section = |name: &str| -> &[u8] {
         sections
             .iter()
@@ -299,4 +404,95 @@ fn convert_locations<'r>(
     }
     let id = unit.unit.locations.add(write::LocationList(locations));
     Some(write::AttributeValue::LocationListRef(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::WasmBacktraceDetails;
+
+    const C_DEBUG_TRAP: &[u8] = include_bytes!("../../../../wasm-fixtures/c-debug-trap.wasm");
+
+    fn engine(details: WasmBacktraceDetails, native: bool) -> Engine {
+        let mut config = crate::engine_config();
+        config.wasm_backtrace_details(details).debug_info(native);
+        Engine::new(&config).unwrap()
+    }
+
+    /// The custom sections of `binary`: (name, length of its data).
+    fn custom_sections(binary: &[u8]) -> Vec<(String, usize)> {
+        wasmparser::Parser::new(0)
+            .parse_all(binary)
+            .filter_map(|p| match p.unwrap() {
+                wasmparser::Payload::CustomSection(s) => {
+                    Some((s.name().to_string(), s.data().len()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_engine_says_whether_it_reads_dwarf() {
+        assert!(!wanted(&engine(WasmBacktraceDetails::Disable, false)));
+        assert!(wanted(&engine(WasmBacktraceDetails::Enable, false)));
+        assert!(wanted(&engine(WasmBacktraceDetails::Disable, true)));
+    }
+
+    /// DWARF nobody reads is left out, an empty `.debug_info` in its place
+    /// (Wasmtime's hint to set `WASMTIME_BACKTRACE_DETAILS` depends on it),
+    /// and the code does not move: the rewrite's map of the stripped module
+    /// is the map of the original.
+    #[test]
+    fn unread_dwarf_is_left_out_and_the_code_does_not_move() {
+        let before = custom_sections(C_DEBUG_TRAP);
+        assert!(before.iter().any(|(n, len)| n == ".debug_line" && *len > 0));
+
+        let reads = engine(WasmBacktraceDetails::Enable, false);
+        assert!(matches!(
+            without_unread_dwarf(&reads, C_DEBUG_TRAP),
+            std::borrow::Cow::Borrowed(_)
+        ));
+
+        let ignores = engine(WasmBacktraceDetails::Disable, false);
+        let stripped = without_unread_dwarf(&ignores, C_DEBUG_TRAP);
+        assert!(stripped.len() < C_DEBUG_TRAP.len());
+        let debug: Vec<_> = custom_sections(&stripped)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(".debug_"))
+            .collect();
+        assert_eq!(debug, [(MARKER.to_string(), 0)]);
+        let others = |b: &[u8]| -> Vec<(String, usize)> {
+            custom_sections(b)
+                .into_iter()
+                .filter(|(n, _)| !n.starts_with(".debug_"))
+                .collect()
+        };
+        assert_eq!(others(&stripped), others(C_DEBUG_TRAP));
+
+        let (rewritten, map) = super::super::rewrite_with_map(&stripped).unwrap().unwrap();
+        let (_, original_map) = super::super::rewrite_with_map(C_DEBUG_TRAP)
+            .unwrap()
+            .unwrap();
+        assert_eq!(map.encode(), original_map.encode());
+        // The marker survives the rewrite, still empty.
+        assert!(custom_sections(&rewritten).contains(&(MARKER.to_string(), 0)));
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&rewritten)
+            .unwrap();
+
+        // Stripping again changes nothing; text and garbage are left alone.
+        assert!(matches!(
+            without_unread_dwarf(&ignores, &stripped),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            without_unread_dwarf(&ignores, b"(module)"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            without_unread_dwarf(&ignores, &C_DEBUG_TRAP[..C_DEBUG_TRAP.len() - 3]),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 }

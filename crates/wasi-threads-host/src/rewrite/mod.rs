@@ -488,6 +488,8 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module> {
 /// [`GuestModule::format_backtrace`].
 pub fn compile_guest(engine: &Engine, bytes: &[u8]) -> Result<GuestModule> {
     let binary = to_binary(bytes)?;
+    // DWARF the engine will not read is neither remapped nor compiled.
+    let binary = dwarf::without_unread_dwarf(engine, &binary);
     Module::validate(engine, &binary)?;
     match rewrite_with_map(&binary)? {
         Some((rewritten, map)) => {
