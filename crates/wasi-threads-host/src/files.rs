@@ -54,6 +54,10 @@ const MAX_SCAN: usize = 1024;
 #[derive(Default)]
 pub(crate) struct Files {
     open: RwLock<HashMap<u32, Arc<OpenFile>, BuildHasherDefault<FdHasher>>>,
+    /// The directories found behind descriptors, by guest fd, for
+    /// `path_open`'s look at what a path names before the context opens it
+    /// (see [`crate::fifo`]); kept as exact as `open` by the same calls.
+    dirs: Mutex<HashMap<u32, wasmtime_wasi::filesystem::Dir, BuildHasherDefault<FdHasher>>>,
 }
 
 /// Hashes a descriptor number with one multiplication (SipHash showed in
@@ -170,8 +174,23 @@ impl Files {
         self.open.write().insert(fd.into(), entry);
     }
 
+    /// The directory found behind `fd` earlier, if any.
+    pub(crate) fn dir(&self, fd: types::Fd) -> Option<wasmtime_wasi::filesystem::Dir> {
+        self.dirs.lock().get(&u32::from(fd)).cloned()
+    }
+
+    /// `fd` is the directory `dir` (found under the context's lock).
+    pub(crate) fn found_dir(&self, fd: types::Fd, dir: wasmtime_wasi::filesystem::Dir) {
+        let mut dirs = self.dirs.lock();
+        // Bounded as the scans that find them are.
+        if dirs.len() < MAX_SCAN {
+            dirs.insert(fd.into(), dir);
+        }
+    }
+
     /// `fd` was closed in the context.
     pub(crate) fn closed(&self, fd: types::Fd) {
+        self.dirs.lock().remove(&u32::from(fd));
         if let Some(file) = self.open.write().remove(&u32::from(fd)) {
             file.release();
         }
@@ -179,6 +198,13 @@ impl Files {
 
     /// `from` was renumbered to `to` in the context.
     pub(crate) fn renumbered(&self, from: types::Fd, to: types::Fd) {
+        {
+            let mut dirs = self.dirs.lock();
+            dirs.remove(&u32::from(to));
+            if let Some(dir) = dirs.remove(&u32::from(from)) {
+                dirs.insert(to.into(), dir);
+            }
+        }
         let mut open = self.open.write();
         if let Some(old) = open.remove(&u32::from(to)) {
             old.release();
@@ -214,6 +240,8 @@ impl Files {
     /// Gives every descriptor back to the context, positions included (for
     /// an embedder's direct use of it).
     pub(crate) fn release_all(&self, ctx: &mut WasiP1Ctx) {
+        // The embedder may change any descriptor.
+        self.dirs.lock().clear();
         let open = std::mem::take(&mut *self.open.write());
         for (fd, file) in open {
             // A position the file description cannot tell any more (the

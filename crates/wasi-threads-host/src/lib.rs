@@ -34,6 +34,8 @@
 #[cfg(not(any(feature = "cranelift", feature = "winch")))]
 compile_error!("wasi-threads-host needs a compiler: enable its `cranelift` or `winch` feature");
 
+#[cfg(target_os = "linux")]
+mod fifo;
 mod files;
 mod interrupt;
 mod lifecycle;
@@ -44,6 +46,8 @@ mod readdir;
 mod rewrite;
 mod runner;
 mod spawn;
+#[cfg(target_os = "linux")]
+mod stat;
 mod stdin;
 mod stdio;
 mod stop;

@@ -56,6 +56,9 @@ pub(crate) async fn fd_readdir(
 }
 
 #[cfg(target_os = "linux")]
+pub(crate) use linux::{find_dir, identity_hash};
+
+#[cfg(target_os = "linux")]
 mod linux {
     use super::*;
     use rustix::fs::{AtFlags, Dir, Mode, OFlags, StatxFlags};
@@ -92,6 +95,7 @@ mod linux {
         cookie: types::Dircookie,
     ) -> Option<Listing> {
         let (dir, dir_ino) = find_dir(ctx, memory, fd).await?;
+        let dir = dir.dir;
         let cookie = usize::try_from(cookie).ok()?;
         let entries = read_entries(&dir)?;
         // `wasmtime-wasi` refuses the whole listing over any name that is
@@ -181,11 +185,11 @@ mod linux {
 
     /// The host directory behind `fd` and the `d_ino` of its `.`, if `fd`
     /// is a directory found in the context's resource table.
-    async fn find_dir(
+    pub(crate) async fn find_dir(
         ctx: &mut WasiP1Ctx,
         memory: &mut GuestMemory<'_>,
         fd: types::Fd,
-    ) -> Option<(Arc<std::fs::File>, u64)> {
+    ) -> Option<(wasmtime_wasi::filesystem::Dir, u64)> {
         use wasmtime_wasi::WasiView as _;
         use wasmtime_wasi::filesystem::Descriptor;
         // Its `ino` is the hash `fd_readdir` gives `.` and `..`.
@@ -204,7 +208,7 @@ mod linux {
             if let Some(Descriptor::Dir(dir)) = entry.downcast_ref::<Descriptor>()
                 && identity(&mut known, &dir.dir)? == stat.ino
             {
-                return Some((dir.dir.clone(), stat.ino));
+                return Some((dir.clone(), stat.ino));
             }
         }
         None
@@ -239,7 +243,7 @@ mod linux {
 
     /// `wasmtime-wasi`'s `d_ino` (the low half of its "metadata hash"): the
     /// device and inode pair hashed with `std`'s `DefaultHasher`.
-    fn identity_hash(dev: u64, ino: u64) -> u64 {
+    pub(crate) fn identity_hash(dev: u64, ino: u64) -> u64 {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (dev, ino).hash(&mut hasher);
         hasher.finish()

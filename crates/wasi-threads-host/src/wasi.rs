@@ -28,13 +28,11 @@
 //! it and update those entries under its lock).
 //!
 //! What still holds it: every other call on a descriptor, for the length of
-//! the call, I/O included. `wasmtime-wasi` keeps the table private, so such a
-//! call runs inside the locked context; with
-//! blocking allowed on the current thread (as [`crate::Runner`] sets) a
-//! syscall that blocks — the open or read of a FIFO nobody writes — blocks
-//! there, holding the lock, where no stop signal reaches. Such a thread can
-//! only be abandoned at the join timeout; every other thread leaves when the
-//! program stops.
+//! the call, I/O included (`wasmtime-wasi` keeps the table private, so such
+//! a call runs inside the locked context). None of those waits for another
+//! party but the open of a FIFO, and that wait happens before the context
+//! is taken ([`crate::fifo`], Linux): a thread opening a FIFO nobody else
+//! opens holds nothing, and leaves when the program stops.
 //!
 //! No size or pointer the guest passes is trusted: the calls implemented
 //! here check counts against the memory before they allocate or loop, and
@@ -61,6 +59,11 @@ use wiggle::{GuestMemory, GuestPtr, GuestType};
 /// Most bytes one `fd_write` to a [`SharedOutput`] gathers from its iovecs;
 /// the rest is a short write, as POSIX allows, and the guest writes again.
 const MAX_GATHER: usize = 1 << 20;
+
+/// Longest path `path_open` looks at before the context opens it (Linux's
+/// `PATH_MAX`: longer ones fail with `ENAMETOOLONG` anyway).
+#[cfg(target_os = "linux")]
+const PATH_MAX: u32 = 4096;
 
 /// Most bytes `random_get` asks the context for at once, so that a guest's
 /// length never sizes a host allocation.
@@ -440,8 +443,8 @@ impl SharedWasi {
     /// Runs `f` on the context. Holding it stalls every other thread's WASI
     /// calls, so keep `f` short. It waits for the context like a guest
     /// thread's call does, but not for the program's stop: a thread blocked
-    /// in a syscall while holding it (the open of a FIFO nobody writes, say)
-    /// makes this wait until the syscall returns. `f` sees the context as it
+    /// in a syscall while holding it (a slow disk, say) makes this wait
+    /// until the syscall returns. `f` sees the context as it
     /// was built (the clocks and random generators the guest's calls use,
     /// which are kept outside it otherwise); whatever arguments,
     /// environment, clocks or generators it leaves in it are the guest's
@@ -469,9 +472,10 @@ impl SharedWasi {
     /// then parked, handed the lock on release), so a contended fd table
     /// changes hands as it always did, but in slices of [`STOP_POLL`], each
     /// followed by a look at the stop signal: another thread may hold the
-    /// context for as long as a syscall inside `wasmtime-wasi` blocks (the
-    /// open or read of a FIFO), and a stopped program must not leave every
-    /// other thread stuck behind it.
+    /// context for as long as a syscall inside `wasmtime-wasi` blocks (a
+    /// slow disk, or the open of a FIFO a guest renamed under the wait that
+    /// [`crate::fifo`] does outside the context), and a stopped program
+    /// must not leave every other thread stuck behind it.
     fn lock(&self) -> Result<parking_lot::MutexGuard<'_, WasiP1Ctx>, types::Error> {
         if let Some(ctx) = self.ctx.try_lock() {
             return Ok(ctx);
@@ -484,6 +488,75 @@ impl SharedWasi {
                 return Ok(ctx);
             }
         }
+    }
+
+    /// The directory behind `fd`, if it is one the context holds (found in
+    /// its resource table once, then remembered beside it).
+    #[cfg(target_os = "linux")]
+    async fn dir_of(
+        &self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+    ) -> Result<Option<wasmtime_wasi::filesystem::Dir>, types::Error> {
+        if let Some(dir) = self.files.dir(fd) {
+            return Ok(Some(dir));
+        }
+        let mut ctx = self.lock()?;
+        let Some((dir, _)) = crate::readdir::find_dir(&mut ctx, memory, fd).await else {
+            return Ok(None);
+        };
+        self.files.found_dir(fd, dir.clone());
+        Ok(Some(dir))
+    }
+
+    /// A path the host may look at before (or instead of) the context:
+    /// one it can read and no longer than any the host resolves (copied
+    /// before the context would charge the guest's fuel for it). `None`
+    /// leaves it to the context to read, and to report.
+    #[cfg(target_os = "linux")]
+    fn short_path<'m>(
+        memory: &'m GuestMemory<'_>,
+        path: GuestPtr<str>,
+    ) -> Option<std::borrow::Cow<'m, str>> {
+        if path.len() > PATH_MAX {
+            return None;
+        }
+        memory.as_cow_str(path).ok()
+    }
+
+    /// If the `path_open` with these arguments is of a FIFO and would wait
+    /// for its other end, waits for it without the context (see
+    /// [`crate::fifo`]) and returns what keeps that end there: hold it
+    /// across the context's open. `None` if there is nothing to wait for.
+    #[cfg(target_os = "linux")]
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_for_fifo(
+        &self,
+        memory: &mut GuestMemory<'_>,
+        dirfd: types::Fd,
+        dirflags: types::Lookupflags,
+        path: GuestPtr<str>,
+        oflags: types::Oflags,
+        base: types::Rights,
+        fdflags: types::Fdflags,
+    ) -> Result<Option<std::os::fd::OwnedFd>, types::Error> {
+        let Some(end) = crate::fifo::End::of(oflags, base, fdflags) else {
+            return Ok(None);
+        };
+        let Some(dir) = self.dir_of(memory, dirfd).await? else {
+            return Ok(None);
+        };
+        // The context refuses a write to a read-only directory at once.
+        if end == crate::fifo::End::Write && dir.perms.write_not_permitted() {
+            return Ok(None);
+        }
+        let Some(path) = Self::short_path(memory, path) else {
+            return Ok(None);
+        };
+        let follow = dirflags.contains(types::Lookupflags::SYMLINK_FOLLOW);
+        crate::fifo::wait_for_other_end(&dir.dir, &path, follow, end, &self.stop)
+            .await
+            .map_err(Self::stopped)
     }
 
     fn stopped(_: Stopped) -> types::Error {
@@ -854,7 +927,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn fd_pread(fd: types::Fd, iovs: types::IovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
         fn fd_sync(fd: types::Fd) -> Result<(), types::Error>;
         fn path_create_directory(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
-        fn path_filestat_get(dirfd: types::Fd, flags: types::Lookupflags, path: GuestPtr<str>) -> Result<types::Filestat, types::Error>;
         fn path_filestat_set_times(dirfd: types::Fd, flags: types::Lookupflags, path: GuestPtr<str>, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
         fn path_link(src_fd: types::Fd, src_flags: types::Lookupflags, src_path: GuestPtr<str>, target_fd: types::Fd, target_path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_readlink(dirfd: types::Fd, path: GuestPtr<str>, buf: GuestPtr<u8>, buf_len: types::Size) -> Result<types::Size, types::Error>;
@@ -862,6 +934,26 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn path_rename(src_fd: types::Fd, src_path: GuestPtr<str>, dest_fd: types::Fd, dest_path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_symlink(src_path: GuestPtr<str>, dirfd: types::Fd, dest_path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_unlink_file(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
+    }
+
+    async fn path_filestat_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        dirfd: types::Fd,
+        flags: types::Lookupflags,
+        path: GuestPtr<str>,
+    ) -> Result<types::Filestat, types::Error> {
+        // One resolution of the path, not the context's two.
+        #[cfg(target_os = "linux")]
+        if let Some(dir) = self.dir_of(memory, dirfd).await?
+            && let Some(name) = Self::short_path(memory, path)
+        {
+            let follow = flags.contains(types::Lookupflags::SYMLINK_FOLLOW);
+            if let Some(answer) = crate::stat::path_filestat_get(&dir.dir, &name, follow) {
+                return answer;
+            }
+        }
+        locked!(self, ctx => ctx.path_filestat_get(memory, dirfd, flags, path))
     }
 
     async fn fd_readdir(
@@ -918,6 +1010,11 @@ impl WasiSnapshotPreview1 for SharedWasi {
         inheriting: types::Rights,
         fdflags: types::Fdflags,
     ) -> Result<types::Fd, types::Error> {
+        // A FIFO's open waits for its other end here, not in the context.
+        #[cfg(target_os = "linux")]
+        let _partner = self
+            .wait_for_fifo(memory, dirfd, dirflags, path, oflags, base, fdflags)
+            .await?;
         let files = self.files.clone();
         locked!(self, ctx => async {
             let before = Files::snapshot(&mut ctx);
