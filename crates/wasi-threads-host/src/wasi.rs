@@ -493,6 +493,9 @@ impl SharedWasi {
     /// The directory behind `fd`, if it is one the context holds (found in
     /// its resource table once, then remembered beside it).
     #[cfg(target_os = "linux")]
+    // As in the calls below: the lock is the fd table's serialisation, and
+    // the future is driven on this guest thread.
+    #[allow(clippy::await_holding_lock)]
     async fn dir_of(
         &self,
         memory: &mut GuestMemory<'_>,
