@@ -174,6 +174,15 @@ impl Files {
         self.open.write().insert(fd.into(), entry);
     }
 
+    /// The host file behind `fd`, if it is an adopted file or a directory
+    /// found earlier.
+    pub(crate) fn host_file(&self, fd: types::Fd) -> Option<Arc<std::fs::File>> {
+        if let Some(open) = self.get(fd) {
+            return Some(open.file.clone());
+        }
+        self.dirs.lock().get(&u32::from(fd)).map(|d| d.dir.clone())
+    }
+
     /// The directory found behind `fd` earlier, if any.
     pub(crate) fn dir(&self, fd: types::Fd) -> Option<wasmtime_wasi::filesystem::Dir> {
         self.dirs.lock().get(&u32::from(fd)).cloned()

@@ -1,5 +1,6 @@
-//! `path_filestat_get`, answered as `wasmtime-wasi` 48's preview1 answers
-//! it, with one path resolution instead of two.
+//! `path_filestat_get` and `fd_filestat_get`, answered as `wasmtime-wasi`
+//! 48's preview1 answers them, with one path resolution (one `statx`)
+//! instead of two.
 //!
 //! `wasmtime-wasi` 48 resolves the path twice in the sandbox (once for the
 //! stat, once more for the "metadata hash" that becomes the `ino`): six
@@ -10,6 +11,9 @@
 //! *creation* time, zero where the file system has none), `dev` 1, and
 //! `ino` the same hash of the device and inode (see
 //! [`crate::readdir::identity_hash`]).
+//!
+//! `fd_filestat_get` is answered likewise, with one `statx` of the file, for
+//! the files [`crate::files`] adopted and the directories it found.
 //!
 //! The calls this answers are those whose answer is certain: a directory
 //! found behind the descriptor, a path no longer than `PATH_MAX`, and
@@ -30,7 +34,7 @@ pub(crate) fn path_filestat_get(
     path: &str,
     follow: bool,
 ) -> Option<Result<types::Filestat, types::Error>> {
-    use cap_primitives::fs::{FollowSymlinks, MetadataExt as _};
+    use cap_primitives::fs::FollowSymlinks;
     let follow = if follow {
         FollowSymlinks::Yes
     } else {
@@ -49,6 +53,20 @@ pub(crate) fn path_filestat_get(
             return Some(Err(errno.into()));
         }
     };
+    Some(Ok(filestat(&meta)?))
+}
+
+/// `fd_filestat_get` of the open file or directory `file`, as the context
+/// would answer it (one `statx` where it takes two: the stat and the
+/// "metadata hash"), or `None` if the context must answer.
+pub(crate) fn fd_filestat_get(file: &std::fs::File) -> Option<types::Filestat> {
+    filestat(&cap_primitives::fs::Metadata::from_file(file).ok()?)
+}
+
+/// What `wasmtime-wasi` 48 makes of `meta`, or `None` where that is not
+/// plain (a socket, a time it cannot convert).
+fn filestat(meta: &cap_primitives::fs::Metadata) -> Option<types::Filestat> {
+    use cap_primitives::fs::MetadataExt as _;
     let filetype = match FileType::from_raw_mode(meta.mode()) {
         FileType::RegularFile => types::Filetype::RegularFile,
         FileType::Directory => types::Filetype::Directory,
@@ -59,7 +77,7 @@ pub(crate) fn path_filestat_get(
         FileType::Fifo | FileType::Unknown => types::Filetype::Unknown,
         FileType::Socket => return None,
     };
-    Some(Ok(types::Filestat {
+    Some(types::Filestat {
         dev: 1,
         ino: crate::readdir::identity_hash(meta.dev(), meta.ino()),
         filetype,
@@ -68,7 +86,7 @@ pub(crate) fn path_filestat_get(
         atim: timestamp(meta.accessed().ok().map(|t| t.into_std()))?,
         mtim: timestamp(meta.modified().ok().map(|t| t.into_std()))?,
         ctim: timestamp(meta.created().ok().map(|t| t.into_std()))?,
-    }))
+    })
 }
 
 /// A time as `wasmtime-wasi` gives it: nanoseconds since 1970, zero if the
@@ -173,6 +191,28 @@ mod tests {
         }
         // The plain cases are all answered here.
         assert!(answered >= 24, "{answered}");
+        // fd_filestat_get of the preopen (a directory) and of an opened file.
+        let mut bytes = b"file".to_vec();
+        let memory = &mut GuestMemory::Unshared(&mut bytes);
+        ctx.set_hostcall_fuel(1 << 20);
+        let fd = wasmtime_wasi::runtime::in_tokio(ctx.path_open(
+            memory,
+            3.into(),
+            types::Lookupflags::empty(),
+            GuestPtr::<str>::new((0, 4)),
+            types::Oflags::empty(),
+            types::Rights::FD_READ,
+            types::Rights::empty(),
+            types::Fdflags::empty(),
+        ))
+        .unwrap();
+        let file = std::fs::File::open(inside.join("file")).unwrap();
+        for (fd, host) in [(3.into(), &dir), (fd, &file)] {
+            ctx.set_hostcall_fuel(1 << 20);
+            let theirs = wasmtime_wasi::runtime::in_tokio(ctx.fd_filestat_get(memory, fd));
+            let ours = super::fd_filestat_get(host).unwrap();
+            assert_eq!(format!("{ours:?}"), format!("{:?}", theirs.unwrap()));
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

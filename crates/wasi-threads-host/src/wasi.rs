@@ -924,7 +924,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn fd_advise(fd: types::Fd, offset: types::Filesize, len: types::Filesize, advice: types::Advice) -> Result<(), types::Error>;
         fn fd_datasync(fd: types::Fd) -> Result<(), types::Error>;
         fn fd_fdstat_get(fd: types::Fd) -> Result<types::Fdstat, types::Error>;
-        fn fd_filestat_get(fd: types::Fd) -> Result<types::Filestat, types::Error>;
         fn fd_filestat_set_size(fd: types::Fd, size: types::Filesize) -> Result<(), types::Error>;
         fn fd_filestat_set_times(fd: types::Fd, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
         fn fd_pread(fd: types::Fd, iovs: types::IovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
@@ -937,6 +936,23 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn path_rename(src_fd: types::Fd, src_path: GuestPtr<str>, dest_fd: types::Fd, dest_path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_symlink(src_path: GuestPtr<str>, dirfd: types::Fd, dest_path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_unlink_file(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
+    }
+
+    async fn fd_filestat_get(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+    ) -> Result<types::Filestat, types::Error> {
+        // One `statx`, without the context, of a file it is known to hold.
+        #[cfg(target_os = "linux")]
+        if let Some(stat) = self
+            .files
+            .host_file(fd)
+            .and_then(|file| crate::stat::fd_filestat_get(&file))
+        {
+            return Ok(stat);
+        }
+        locked!(self, ctx => ctx.fd_filestat_get(memory, fd))
     }
 
     async fn path_filestat_get(
