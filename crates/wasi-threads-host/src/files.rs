@@ -176,6 +176,8 @@ impl Files {
 
     /// The host file behind `fd`, if it is an adopted file or a directory
     /// found earlier.
+    // Used where the host resolves paths itself (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn host_file(&self, fd: types::Fd) -> Option<Arc<std::fs::File>> {
         if let Some(open) = self.get(fd) {
             return Some(open.file.clone());
@@ -184,11 +186,15 @@ impl Files {
     }
 
     /// The directory found behind `fd` earlier, if any.
+    // Used where the host resolves paths itself (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn dir(&self, fd: types::Fd) -> Option<wasmtime_wasi::filesystem::Dir> {
         self.dirs.lock().get(&u32::from(fd)).cloned()
     }
 
     /// `fd` is the directory `dir` (found under the context's lock).
+    // Used where the host resolves paths itself (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn found_dir(&self, fd: types::Fd, dir: wasmtime_wasi::filesystem::Dir) {
         let mut dirs = self.dirs.lock();
         // Bounded as the scans that find them are.
