@@ -25,7 +25,10 @@
 //! take it either: [`crate::files`] keeps, beside the context, each such
 //! file's host file, append flag and position, and the context stays the one
 //! fd table (opening, closing, renumbering and flag changes still go through
-//! it and update those entries under its lock).
+//! it and update those entries under its lock). Nor do `fd_filestat_get`
+//! of those files and of directories the host has found, and
+//! `path_filestat_get` in those directories ([`crate::stat`], Linux: one
+//! sandboxed `statx` each, where the context takes two).
 //!
 //! What still holds it: every other call on a descriptor, for the length of
 //! the call, I/O included (`wasmtime-wasi` keeps the table private, so such
