@@ -16,30 +16,26 @@ fn engine() -> Engine {
     Engine::new(&engine_config()).unwrap()
 }
 
-/// Counts the guest threads' OS threads by name in /proc/self/task.
+/// Counts the guest threads' OS threads by name in /proc/self/task (joined
+/// ones given time to leave it).
 #[cfg(target_os = "linux")]
 fn guest_threads_alive() -> usize {
-    // A joined thread can stay listed for a moment after `run` returned
-    // (the kernel drops the task after it wakes the joiner): allow it 2 s
-    // to go, as the termination tests do; a thread that is really left
-    // over stays.
-    let settled = std::time::Instant::now();
-    loop {
-        let alive = guest_threads_listed();
-        if alive == 0 || settled.elapsed() > Duration::from_secs(2) {
-            return alive;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::threads_left(is_guest_thread)
 }
 
+/// The guest threads listed now, with no grace (for a peak while running).
 #[cfg(target_os = "linux")]
 fn guest_threads_listed() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("wasi-thread-") || name.trim() == "wasi-main")
+        .filter(|name| is_guest_thread(name.trim()))
         .count()
+}
+
+#[cfg(target_os = "linux")]
+fn is_guest_thread(name: &str) -> bool {
+    name.starts_with("wasi-thread-") || name == "wasi-main"
 }
 
 /// Only Linux lets a process list its threads by name (/proc/self/task);

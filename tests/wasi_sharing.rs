@@ -622,26 +622,11 @@ fn run_library(wat: &str, dir: &std::path::Path, timeout: Option<Duration>) -> L
 #[cfg(target_os = "linux")]
 static FIFO_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// How many of this process's threads are FIFO-open helpers, once those
-/// joined have had 2 s to leave /proc (the kernel may list a joined thread
-/// a moment longer; one never joined stays).
+/// How many of this process's threads are FIFO-open helpers (joined ones
+/// given time to leave /proc).
 #[cfg(target_os = "linux")]
 fn fifo_helpers() -> usize {
-    let listed = || {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|comm| comm.starts_with("wasi-threads-fi"))
-            .count()
-    };
-    let settled = std::time::Instant::now();
-    loop {
-        let helpers = listed();
-        if helpers == 0 || settled.elapsed() > Duration::from_secs(2) {
-            return helpers;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::threads_left(|comm| comm.starts_with("wasi-threads-fi"))
 }
 
 /// A thread waiting to open a FIFO (for reading: for a writer; for writing:

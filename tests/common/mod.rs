@@ -115,3 +115,26 @@ pub fn run_cli(bin: &str, args: &[&str], stdin: Stdin, limit: Duration) -> Run {
         elapsed,
     }
 }
+
+/// How many of this process's threads have a name (`comm`) that `named`
+/// accepts, once joined ones have had 2 s to leave `/proc/self/task`: the
+/// kernel may list a thread a moment after it woke its joiner, while one
+/// that was never joined stays listed.
+#[cfg(target_os = "linux")]
+pub fn threads_left(named: impl Fn(&str) -> bool) -> usize {
+    let listed = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| named(comm.trim()))
+            .count()
+    };
+    let settled = std::time::Instant::now();
+    loop {
+        let left = listed();
+        if left == 0 || settled.elapsed() > Duration::from_secs(2) {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
