@@ -23,13 +23,23 @@
 //! by what was transferred, errors mapped as it maps them, host-call fuel
 //! charged as it charges. Two things differ, neither visible to the guest:
 //!
+//! - the position is the file description's own offset, as in a native
+//!   program: a read or write at the position is a plain `read` / `write`,
+//!   which the kernel serializes per file description as it does for
+//!   native threads, so no lock of ours is held across the I/O, and threads
+//!   writing one file scale as native ones do. `wasmtime-wasi` keeps the
+//!   position in its table and does `pread` / `pwrite` at it (and never
+//!   moves the offset), so the offset is set to its position when the
+//!   descriptor is first used here, read back (`lseek(fd, 0, SEEK_CUR)`)
+//!   when the context needs it, and a position the kernel cannot take (a
+//!   seek past the file system's largest file, which the context allows)
+//!   is kept here instead, with positional I/O at it as the context does;
 //! - in append mode the file description is opened for append (`O_APPEND`,
 //!   set when the descriptor is first used here) and a write is a plain
-//!   `write`, after which the position is the end of what was written, read
-//!   from the file description (`lseek(fd, 0, SEEK_CUR)`) only when it is
-//!   needed; `wasmtime-wasi` does a `pwritev2(RWF_APPEND)` and a `statx` of
-//!   the file after each write (the size then: the same value unless another
-//!   writer got in between);
+//!   `write`, which leaves the offset at the end of what was written;
+//!   `wasmtime-wasi` does a `pwritev2(RWF_APPEND)` and a `statx` of the file
+//!   after each write (the size then: the same value unless another writer
+//!   got in between);
 //! - the bytes go between the guest's memory and the kernel directly, with
 //!   no copy and no buffer sized by the guest.
 //!
@@ -98,10 +108,11 @@ struct State {
 
 #[derive(Clone, Copy)]
 enum Pos {
+    /// Kept here: before first use, and where the kernel refused the
+    /// position (see the module docs).
     At(u64),
-    /// Where the last append `write` left the file description's offset
-    /// (only those writes move it: everything else is positional).
-    AfterAppend,
+    /// The file description's offset.
+    Kernel,
 }
 
 /// Where a read or write goes.
@@ -311,6 +322,9 @@ impl OpenFile {
         let regular = sys::is_regular(&self.file)
             && (!state.append || sys::set_append(&self.file, true).is_ok());
         state.regular = Some(regular);
+        if let (true, Pos::At(pos)) = (regular, state.pos) {
+            state.pos = kernel_or_at(&self.file, pos);
+        }
         regular
     }
 
@@ -326,12 +340,8 @@ impl OpenFile {
             return;
         }
         if state.regular == Some(true) {
-            // The position the last append left becomes a number first.
-            if let Ok(pos) = resolve(&self.file, &mut state) {
-                state.pos = Pos::At(pos);
-            }
             // `F_SETFL` fails only on a closed descriptor, and this entry
-            // keeps it open.
+            // keeps it open. The offset stays where it is.
             let _ = sys::set_append(&self.file, append);
         }
         state.append = append;
@@ -373,37 +383,37 @@ impl OpenFile {
     ) -> Result<types::Size, types::Error> {
         let buf = first_non_empty(memory, ciovs, fuel)?;
         let (ptr, len) = raw(memory, buf)?;
-        let n = match (state.append, at) {
-            (true, At::Cursor) => {
-                // The kernel appends atomically: no need to keep other
-                // threads of this descriptor out meanwhile.
+        let append = state.append;
+        let n = match (append, at, state.pos) {
+            (true, At::Cursor, _) | (false, At::Cursor, Pos::Kernel) => {
+                // The kernel appends, or writes at and advances the offset,
+                // atomically: no need to keep other threads of this
+                // descriptor out meanwhile.
                 let n = parking_lot::MutexGuard::unlocked(state, || {
                     // SAFETY: `ptr..ptr+len` lies in the guest's memory (checked
                     // by `raw`), which `memory` keeps mapped for this call.
                     unsafe { sys::write(&self.file, ptr, len) }
                 })
                 .map_err(io_error)?;
-                if len == 0 {
-                    // A write of nothing leaves the offset alone; the context
-                    // puts the position at the end of the file.
-                    state.pos = Pos::At(sys::size(&self.file).map_err(io_error)?);
-                } else {
-                    state.pos = Pos::AfterAppend;
+                if append {
+                    state.pos = if len == 0 {
+                        // A write of nothing leaves the offset alone; the
+                        // context puts the position at the end of the file.
+                        let end = sys::size(&self.file).map_err(io_error)?;
+                        kernel_or_at(&self.file, end)
+                    } else {
+                        Pos::Kernel
+                    };
                 }
                 n
             }
-            (true, At::Offset(offset)) => {
+            (_, At::Offset(offset), _) => {
                 // Linux `pwrite` on an append file description appends and
                 // leaves its offset alone, as the context's `pwritev2` does.
                 // SAFETY: as above.
                 unsafe { sys::write_at(&self.file, ptr, len, offset) }.map_err(io_error)?
             }
-            (false, At::Offset(offset)) => {
-                // SAFETY: as above.
-                unsafe { sys::write_at(&self.file, ptr, len, offset) }.map_err(io_error)?
-            }
-            (false, At::Cursor) => {
-                let pos = resolve(&self.file, state)?;
+            (false, At::Cursor, Pos::At(pos)) => {
                 // SAFETY: as above.
                 let n = unsafe { sys::write_at(&self.file, ptr, len, pos) }.map_err(io_error)?;
                 let pos = pos.checked_add(n as u64).ok_or(types::Errno::Overflow)?;
@@ -430,14 +440,22 @@ impl OpenFile {
         Some((|| {
             let buf = first_non_empty(memory, iovs, fuel)?;
             let (ptr, len) = raw(memory, buf)?;
-            let pos = resolve(&self.file, &mut state)?;
-            // SAFETY: as for writes; the kernel writes into the guest's
-            // memory, which may race with the guest's own accesses as any
-            // write to shared memory may.
-            let n =
-                unsafe { sys::read_at(&self.file, ptr.cast_mut(), len, pos) }.map_err(io_error)?;
-            let pos = pos.checked_add(n as u64).ok_or(types::Errno::Overflow)?;
-            state.pos = Pos::At(pos);
+            let ptr = ptr.cast_mut();
+            // SAFETY (both reads): as for writes; the kernel writes into the
+            // guest's memory, which may race with the guest's own accesses
+            // as any write to shared memory may.
+            let n = match state.pos {
+                Pos::Kernel => parking_lot::MutexGuard::unlocked(&mut state, || unsafe {
+                    sys::read(&self.file, ptr, len)
+                })
+                .map_err(io_error)?,
+                Pos::At(pos) => {
+                    let n = unsafe { sys::read_at(&self.file, ptr, len, pos) }.map_err(io_error)?;
+                    let pos = pos.checked_add(n as u64).ok_or(types::Errno::Overflow)?;
+                    state.pos = Pos::At(pos);
+                    n
+                }
+            };
             Ok(n.try_into()?)
         })())
     }
@@ -464,7 +482,7 @@ impl OpenFile {
                     .ok_or(types::Errno::Inval)?,
                 _ => return Err(types::Errno::Inval.into()),
             };
-            state.pos = Pos::At(pos);
+            state.pos = kernel_or_at(&self.file, pos);
             Ok(pos)
         })())
     }
@@ -482,11 +500,16 @@ impl OpenFile {
 fn resolve(file: &std::fs::File, state: &mut State) -> Result<u64, types::Error> {
     match state.pos {
         Pos::At(pos) => Ok(pos),
-        Pos::AfterAppend => {
-            let pos = sys::offset(file).map_err(io_error)?;
-            state.pos = Pos::At(pos);
-            Ok(pos)
-        }
+        Pos::Kernel => sys::offset(file).map_err(io_error),
+    }
+}
+
+/// Moves the file description's offset to `pos` and lets it be the
+/// position, or keeps `pos` here if the kernel refuses it.
+fn kernel_or_at(file: &std::fs::File, pos: u64) -> Pos {
+    match sys::seek(file, pos) {
+        Ok(()) => Pos::Kernel,
+        Err(_) => Pos::At(pos),
     }
 }
 
@@ -620,6 +643,25 @@ mod sys {
         check(unsafe { libc::pread(file.as_raw_fd(), ptr.cast(), len, offset) })
     }
 
+    /// `read(2)` at the file description's offset.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be writable memory for the duration of the call.
+    pub(super) unsafe fn read(file: &std::fs::File, ptr: *mut u8, len: usize) -> io::Result<usize> {
+        // SAFETY: the caller's promise; the kernel only writes the range.
+        check(unsafe { libc::read(file.as_raw_fd(), ptr.cast(), len) })
+    }
+
+    /// Moves the file description's offset to `pos`.
+    pub(super) fn seek(file: &std::fs::File, pos: u64) -> io::Result<()> {
+        let pos = i64::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: no memory is passed.
+        if unsafe { libc::lseek(file.as_raw_fd(), pos, libc::SEEK_SET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The file description's offset.
     pub(super) fn offset(file: &std::fs::File) -> io::Result<u64> {
         // SAFETY: no memory is passed.
@@ -685,6 +727,12 @@ mod sys {
         _: usize,
         _: u64,
     ) -> io::Result<usize> {
+        Err(unsupported())
+    }
+    pub(super) unsafe fn read(_: &std::fs::File, _: *mut u8, _: usize) -> io::Result<usize> {
+        Err(unsupported())
+    }
+    pub(super) fn seek(_: &std::fs::File, _: u64) -> io::Result<()> {
         Err(unsupported())
     }
     pub(super) fn offset(_: &std::fs::File) -> io::Result<u64> {
