@@ -264,7 +264,7 @@ pub fn measure(b: &mut Bench, tools: &Tools, work: &[Workload], reps: usize) -> 
 pub fn header(title: &str) {
     println!("\n{title}");
     println!(
-        "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7}",
+        "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7} {:>7}",
         "median ms",
         "native",
         "ours",
@@ -274,30 +274,64 @@ pub fn header(title: &str) {
         "o/nat",
         "o/wt36",
         "o/floor",
-        "cli/wt36"
+        "cli/wt36",
+        "cli/flr"
     );
 }
 
+/// The ratio columns of [`print`]: numerator, denominator.
+const RATIOS: [(Runner, Runner); 5] = [
+    (Runner::Lib, Runner::Native),
+    (Runner::Lib, Runner::Wasmtime36),
+    (Runner::Lib, Runner::Floor),
+    (Runner::Cli, Runner::Wasmtime36),
+    (Runner::Cli, Runner::Floor),
+];
+
 pub fn print(rows: &[Row]) {
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1e6));
-    let ratio = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0 => format!("{:.2}x", a as f64 / b as f64),
-        _ => "-".to_string(),
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
+    let ratios = |row: &Row| -> Vec<Option<f64>> {
+        RATIOS
+            .iter()
+            .map(|&(a, b)| match (row.get(a), row.get(b)) {
+                (Some(a), Some(b)) if a > 0 && b > 0 => Some(a as f64 / b as f64),
+                _ => None,
+            })
+            .collect()
     };
     for r in rows {
-        let ours = r.get(Runner::Lib);
+        let cols: Vec<String> = ratios(r).into_iter().map(ratio).collect();
         println!(
-            "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7}",
+            "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7} {:>7}",
             r.label,
             ms(r.get(Runner::Native)),
-            ms(ours),
+            ms(r.get(Runner::Lib)),
             ms(r.get(Runner::Cli)),
             ms(r.get(Runner::Wasmtime36)),
             ms(r.get(Runner::Floor)),
-            ratio(ours, r.get(Runner::Native)),
-            ratio(ours, r.get(Runner::Wasmtime36)),
-            ratio(ours, r.get(Runner::Floor)),
-            ratio(r.get(Runner::Cli), r.get(Runner::Wasmtime36)),
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3],
+            cols[4],
+        );
+    }
+    if rows.len() > 1 {
+        // A ratio column's geometric mean, over the rows that have it: one
+        // figure that a single noisy row moves less than it moves the mean.
+        let all: Vec<Vec<Option<f64>>> = rows.iter().map(ratios).collect();
+        let cols: Vec<String> = (0..RATIOS.len())
+            .map(|c| {
+                let have: Vec<f64> = all.iter().filter_map(|r| r[c]).collect();
+                (have.len() == rows.len())
+                    .then(|| (have.iter().map(|r| r.ln()).sum::<f64>() / have.len() as f64).exp())
+            })
+            .map(ratio)
+            .collect();
+        println!(
+            "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7} {:>7}",
+            "geometric mean", "", "", "", "", "", cols[0], cols[1], cols[2], cols[3], cols[4],
         );
     }
 }

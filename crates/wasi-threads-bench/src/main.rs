@@ -24,6 +24,22 @@
 //! (`wasm-fixtures/build.sh --native-only` makes them; this binary runs it
 //! when they are missing).
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: wasi-threads-bench [--quick] [--reps N] [--idle|--hogs] [NAME...]
+       wasi-threads-bench ripgrep [OPTIONS]   (ripgrep on a generated tree; ripgrep --help)
+
+NAME (all when none is given):
+  against native:            spawn burst cpu idle stop
+  beside wasmtime 36 (WASMTIME=/path or on PATH) and the CLI, idle and with
+  one CPU-hog thread per core: pingpong pipeline lines fdwrite compute
+  (compute also runs the floor: the plain engine, no rewrite, no supervision)";
+
+/// The benchmarks NAME may select.
+const NAMES: [&str; 10] = [
+    "spawn", "burst", "cpu", "idle", "stop", "pingpong", "pipeline", "lines", "fdwrite", "compute",
+];
+
 mod classic;
 mod compare;
 mod floor;
@@ -282,7 +298,15 @@ fn main() -> std::process::ExitCode {
             }
             "--idle" => options.loads.hogs = false,
             "--hogs" => options.loads.idle = false,
-            _ => only.push(a),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            name if NAMES.contains(&name) => only.push(a),
+            other => {
+                eprintln!("wasi-threads-bench: unknown argument `{other}`\n\n{USAGE}");
+                return std::process::ExitCode::from(2);
+            }
         }
     }
     let mut bench = Bench {
