@@ -916,7 +916,14 @@ mod tests {
         seek!(a, i64::MAX, Whence::Cur);
         tell!(a);
         read!(a, 4);
+        // A position the file system cannot hold: kept beside the kernel.
+        write!(a, b"too far");
+        tell!(a);
+        seek!(a, 1 << 40, Whence::Set);
+        write!(a, b"sparse");
+        tell!(a);
         seek!(a, 0, Whence::Set);
+        call!("truncate", block(w.fd_filestat_set_size(memory, a, 64)));
 
         // Append mode.
         let b = open(w, memory, "b", create, rw, Fdflags::APPEND).unwrap();
