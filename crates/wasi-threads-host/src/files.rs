@@ -96,6 +96,11 @@ impl Hasher for FdHasher {
 pub(crate) struct OpenFile {
     file: Arc<std::fs::File>,
     state: Mutex<State>,
+    /// Held shared by each read or write at the file description's offset
+    /// while it runs (without `state`), and exclusively by whoever reads
+    /// that offset to hand it to the context, so that the context gets a
+    /// position no such I/O is still about to move.
+    in_flight: RwLock<()>,
 }
 
 struct State {
@@ -181,6 +186,7 @@ impl Files {
                 // As the context starts every descriptor.
                 pos: Pos::At(0),
             }),
+            in_flight: RwLock::new(()),
         });
         self.open.write().insert(fd.into(), entry);
     }
@@ -331,6 +337,7 @@ impl OpenFile {
     /// The current position.
     fn position(&self) -> Result<u64, types::Error> {
         let mut state = self.state.lock();
+        let _settled = self.in_flight.write();
         resolve(&self.file, &mut state)
     }
 
@@ -388,11 +395,15 @@ impl OpenFile {
             (true, At::Cursor, _) | (false, At::Cursor, Pos::Kernel) => {
                 // The kernel appends, or writes at and advances the offset,
                 // atomically: no need to keep other threads of this
-                // descriptor out meanwhile.
-                let n = parking_lot::MutexGuard::unlocked(state, || {
+                // descriptor out meanwhile. Taken before `state` is let go,
+                // and let go before it is taken again (see `in_flight`).
+                let io = self.in_flight.read();
+                let n = parking_lot::MutexGuard::unlocked(state, move || {
                     // SAFETY: `ptr..ptr+len` lies in the guest's memory (checked
                     // by `raw`), which `memory` keeps mapped for this call.
-                    unsafe { sys::write(&self.file, ptr, len) }
+                    let n = unsafe { sys::write(&self.file, ptr, len) };
+                    drop(io);
+                    n
                 })
                 .map_err(io_error)?;
                 if append {
@@ -445,10 +456,16 @@ impl OpenFile {
             // guest's memory, which may race with the guest's own accesses
             // as any write to shared memory may.
             let n = match state.pos {
-                Pos::Kernel => parking_lot::MutexGuard::unlocked(&mut state, || unsafe {
-                    sys::read(&self.file, ptr, len)
-                })
-                .map_err(io_error)?,
+                Pos::Kernel => {
+                    // As for writes at the offset.
+                    let io = self.in_flight.read();
+                    parking_lot::MutexGuard::unlocked(&mut state, move || {
+                        let n = unsafe { sys::read(&self.file, ptr, len) };
+                        drop(io);
+                        n
+                    })
+                    .map_err(io_error)?
+                }
                 Pos::At(pos) => {
                     let n = unsafe { sys::read_at(&self.file, ptr, len, pos) }.map_err(io_error)?;
                     let pos = pos.checked_add(n as u64).ok_or(types::Errno::Overflow)?;
@@ -1159,12 +1176,17 @@ mod tests {
 
     /// Threads writing to one descriptor share its position: appends and
     /// writes at the position never overlap, and the position ends at the
-    /// end of everything written.
+    /// end of everything written; also when the descriptors are handed back
+    /// to the context (`with_ctx`) while the writes run.
     #[test]
     fn threads_share_a_descriptors_position() {
         const THREADS: usize = 4;
         const LINES: usize = 500;
-        for (name, fdflags) in [("append", Fdflags::APPEND), ("cursor", Fdflags::empty())] {
+        for (name, fdflags, hand_back) in [
+            ("append", Fdflags::APPEND, false),
+            ("cursor", Fdflags::empty(), false),
+            ("cursor-handed-back", Fdflags::empty(), true),
+        ] {
             let dir = scratch(&format!("threads-{name}"));
             let mut w = SharedWasi::with_stop_signal(ctx(&dir), StopSignal::new());
             let mut bytes = unshared();
@@ -1187,6 +1209,17 @@ mod tests {
                     })
                 })
                 .collect();
+            if hand_back {
+                // Once the writers are well under way: the position the
+                // context gets must count every write that has moved the
+                // offset, or its next write overwrites a line.
+                let path = dir.join("f");
+                while std::fs::metadata(&path).map_or(0, |m| m.len()) < 32 * 200 {
+                    std::thread::yield_now();
+                }
+                w.with_ctx(|_| ());
+                assert!(w.files.is_empty());
+            }
             for t in threads {
                 t.join().unwrap();
             }
