@@ -435,9 +435,31 @@ impl OpenFile {
         Ok(n.try_into()?)
     }
 
+    /// `fd_pread`, as `wasmtime-wasi` does it on a file; `None` if this
+    /// descriptor is not handled here. The position is neither used nor
+    /// moved, so nothing is held across the read.
+    pub(crate) fn pread(
+        &self,
+        memory: &GuestMemory<'_>,
+        iovs: types::IovecArray,
+        offset: u64,
+        fuel: usize,
+    ) -> Option<Result<types::Size, types::Error>> {
+        if !self.ready(&mut self.state.lock()) {
+            return None;
+        }
+        Some((|| {
+            let buf = first_non_empty(memory, iovs, fuel)?;
+            let (ptr, len) = raw(memory, buf)?;
+            // SAFETY: as for `read`.
+            let n = unsafe { sys::read_at(&self.file, ptr.cast_mut(), len, offset) }
+                .map_err(io_error)?;
+            Ok(n.try_into()?)
+        })())
+    }
+
     /// `fd_read`, as `wasmtime-wasi` does it on a file; `None` if this
-    /// descriptor is not handled here. (`fd_pread` stays with the context:
-    /// it does not use the position, so it needs nothing from here.)
+    /// descriptor is not handled here.
     pub(crate) fn read(
         &self,
         memory: &GuestMemory<'_>,
@@ -903,6 +925,14 @@ mod tests {
                 note("read bytes", String::from_utf8_lossy(&got).into_owned());
             }};
         }
+        macro_rules! pread {
+            ($fd:expr, $len:expr, $at:expr) => {{
+                let iovs = read_iov(memory, $len);
+                call!("pread", block(w.fd_pread(memory, $fd, iovs, $at)));
+                let got = memory.to_vec(GuestPtr::<[u8]>::new((DATA, $len))).unwrap();
+                note("pread bytes", String::from_utf8_lossy(&got).into_owned());
+            }};
+        }
         macro_rules! seek {
             ($fd:expr, $off:expr, $whence:expr) => {
                 call!("seek", block(w.fd_seek(memory, $fd, $off, $whence)))
@@ -929,6 +959,12 @@ mod tests {
         read!(a, 64);
         pwrite!(a, b"far", 20);
         tell!(a);
+        pread!(a, 6, 0);
+        pread!(a, 8, 18);
+        pread!(a, 4, 1000);
+        pread!(a, 4, 1 << 62);
+        pread!(a, 4, u64::MAX);
+        tell!(a);
         seek!(a, 1 << 62, Whence::Set);
         seek!(a, i64::MAX, Whence::Cur);
         tell!(a);
@@ -951,6 +987,8 @@ mod tests {
         read!(b, 5);
         tell!(b);
         write!(b, b"line3\n");
+        tell!(b);
+        pread!(b, 5, 6);
         tell!(b);
         pwrite!(b, b"P", 0);
         tell!(b);
@@ -991,6 +1029,7 @@ mod tests {
         )
         .unwrap();
         read!(wo, 4);
+        pread!(wo, 4, 0);
         tell!(wo);
         let ro = open(
             w,
@@ -1010,6 +1049,10 @@ mod tests {
         call!("u32::MAX iovecs", block(w.fd_write(memory, a, huge)));
         let huge = GuestPtr::<[types::Iovec]>::new((IOV, u32::MAX));
         call!("u32::MAX iovecs read", block(w.fd_read(memory, a, huge)));
+        call!(
+            "u32::MAX iovecs pread",
+            block(w.fd_pread(memory, a, huge, 0))
+        );
         let past = GuestPtr::<[types::Ciovec]>::new((u32::MAX - 4, 1));
         call!("iovecs past the end", block(w.fd_write(memory, a, past)));
         memory
@@ -1021,6 +1064,10 @@ mod tests {
         call!(
             "buffer past the end read",
             block(w.fd_read(memory, a, ciovs.cast()))
+        );
+        call!(
+            "buffer past the end pread",
+            block(w.fd_pread(memory, a, ciovs.cast(), 0))
         );
         memory.write(GuestPtr::<u32>::new(IOV), 0).unwrap();
         memory

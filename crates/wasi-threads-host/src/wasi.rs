@@ -929,7 +929,6 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fn fd_fdstat_get(fd: types::Fd) -> Result<types::Fdstat, types::Error>;
         fn fd_filestat_set_size(fd: types::Fd, size: types::Filesize) -> Result<(), types::Error>;
         fn fd_filestat_set_times(fd: types::Fd, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
-        fn fd_pread(fd: types::Fd, iovs: types::IovecArray, offset: types::Filesize) -> Result<types::Size, types::Error>;
         fn fd_sync(fd: types::Fd) -> Result<(), types::Error>;
         fn path_create_directory(dirfd: types::Fd, path: GuestPtr<str>) -> Result<(), types::Error>;
         fn path_filestat_set_times(dirfd: types::Fd, flags: types::Lookupflags, path: GuestPtr<str>, atim: types::Timestamp, mtim: types::Timestamp, fst_flags: types::Fstflags) -> Result<(), types::Error>;
@@ -1282,6 +1281,30 @@ impl WasiSnapshotPreview1 for SharedWasi {
             match files.get(fd).and_then(|f| f.read(memory, iovs, fuel)) {
                 Some(done) => done,
                 None => ctx.fd_read(memory, fd, iovs).await,
+            }
+        })
+    }
+
+    async fn fd_pread(
+        &mut self,
+        memory: &mut GuestMemory<'_>,
+        fd: types::Fd,
+        iovs: types::IovecArray,
+        offset: types::Filesize,
+    ) -> Result<types::Size, types::Error> {
+        let fuel = self.hostcall_fuel;
+        if let Some(done) = self
+            .files
+            .get(fd)
+            .and_then(|f| f.pread(memory, iovs, offset, fuel))
+        {
+            return done;
+        }
+        let files = self.files.clone();
+        locked!(self, ctx => async {
+            match files.get(fd).and_then(|f| f.pread(memory, iovs, offset, fuel)) {
+                Some(done) => done,
+                None => ctx.fd_pread(memory, fd, iovs, offset).await,
             }
         })
     }
