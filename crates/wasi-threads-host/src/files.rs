@@ -474,14 +474,14 @@ impl OpenFile {
             let buf = first_non_empty(memory, iovs, fuel)?;
             let (ptr, len) = raw(memory, buf)?;
             let ptr = ptr.cast_mut();
-            // SAFETY (both reads): as for writes; the kernel writes into the
-            // guest's memory, which may race with the guest's own accesses
-            // as any write to shared memory may.
             let n = match state.pos {
                 Pos::Kernel => {
                     // As for writes at the offset.
                     let io = self.in_flight.read();
                     parking_lot::MutexGuard::unlocked(&mut state, move || {
+                        // SAFETY: as for writes; the kernel writes into the
+                        // guest's memory, which may race with the guest's
+                        // own accesses as any write to shared memory may.
                         let n = unsafe { sys::read(&self.file, ptr, len) };
                         drop(io);
                         n
@@ -489,6 +489,7 @@ impl OpenFile {
                     .map_err(io_error)?
                 }
                 Pos::At(pos) => {
+                    // SAFETY: as above.
                     let n = unsafe { sys::read_at(&self.file, ptr, len, pos) }.map_err(io_error)?;
                     let pos = pos.checked_add(n as u64).ok_or(types::Errno::Overflow)?;
                     state.pos = Pos::At(pos);
