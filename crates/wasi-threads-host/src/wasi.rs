@@ -890,6 +890,28 @@ macro_rules! locked {
     }};
 }
 
+/// A call done beside the context when `fd` is a file adopted by
+/// [`crate::files`] (`$file_call`, given the file as `$f`, is `None` when the
+/// file is not one it handles), else the context's `$ctx_call` under its
+/// lock. Under the lock `fd` is looked up again: a `path_open` may have
+/// just made it.
+macro_rules! file_or_ctx {
+    ($self:ident, $fd:expr, |$f:ident| $file_call:expr, $ctx:ident => $ctx_call:expr) => {{
+        match $self.files.get($fd).and_then(|$f| $file_call) {
+            Some(done) => done,
+            None => {
+                let files = $self.files.clone();
+                locked!($self, $ctx => async {
+                    match files.get($fd).and_then(|$f| $file_call) {
+                        Some(done) => done,
+                        None => $ctx_call.await,
+                    }
+                })
+            }
+        }
+    }};
+}
+
 /// Forwards calls that may block, racing them against the stop signal.
 macro_rules! forward_async {
     ($( fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
@@ -1067,16 +1089,8 @@ impl WasiSnapshotPreview1 for SharedWasi {
         offset: types::Filedelta,
         whence: types::Whence,
     ) -> Result<types::Filesize, types::Error> {
-        if let Some(done) = self.files.get(fd).and_then(|f| f.seek(offset, whence)) {
-            return done;
-        }
-        let files = self.files.clone();
-        locked!(self, ctx => async {
-            match files.get(fd).and_then(|f| f.seek(offset, whence)) {
-                Some(done) => done,
-                None => ctx.fd_seek(memory, fd, offset, whence).await,
-            }
-        })
+        file_or_ctx!(self, fd, |f| f.seek(offset, whence),
+            ctx => ctx.fd_seek(memory, fd, offset, whence))
     }
 
     fn fd_tell(
@@ -1106,20 +1120,8 @@ impl WasiSnapshotPreview1 for SharedWasi {
     ) -> Result<types::Size, types::Error> {
         let fuel = self.hostcall_fuel;
         let at = At::Offset(offset);
-        if let Some(done) = self
-            .files
-            .get(fd)
-            .and_then(|f| f.write(memory, ciovs, at, fuel))
-        {
-            return done;
-        }
-        let files = self.files.clone();
-        locked!(self, ctx => async {
-            match files.get(fd).and_then(|f| f.write(memory, ciovs, at, fuel)) {
-                Some(done) => done,
-                None => ctx.fd_pwrite(memory, fd, ciovs, offset).await,
-            }
-        })
+        file_or_ctx!(self, fd, |f| f.write(memory, ciovs, at, fuel),
+            ctx => ctx.fd_pwrite(memory, fd, ciovs, offset))
     }
 
     // Clocks, arguments and environment never need the fd table.
@@ -1235,21 +1237,8 @@ impl WasiSnapshotPreview1 for SharedWasi {
         }
         let fuel = self.hostcall_fuel;
         let at = At::Cursor;
-        if let Some(done) = self
-            .files
-            .get(fd)
-            .and_then(|f| f.write(memory, ciovs, at, fuel))
-        {
-            return done;
-        }
-        // Under the lock, look again: a `path_open` may have just made `fd`.
-        let files = self.files.clone();
-        locked!(self, ctx => async {
-            match files.get(fd).and_then(|f| f.write(memory, ciovs, at, fuel)) {
-                Some(done) => done,
-                None => ctx.fd_write(memory, fd, ciovs).await,
-            }
-        })
+        file_or_ctx!(self, fd, |f| f.write(memory, ciovs, at, fuel),
+            ctx => ctx.fd_write(memory, fd, ciovs))
     }
 
     async fn fd_read(
@@ -1273,16 +1262,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
             return locked!(self, ctx => ctx.fd_read(memory, fd, iovs));
         }
         let fuel = self.hostcall_fuel;
-        if let Some(done) = self.files.get(fd).and_then(|f| f.read(memory, iovs, fuel)) {
-            return done;
-        }
-        let files = self.files.clone();
-        locked!(self, ctx => async {
-            match files.get(fd).and_then(|f| f.read(memory, iovs, fuel)) {
-                Some(done) => done,
-                None => ctx.fd_read(memory, fd, iovs).await,
-            }
-        })
+        file_or_ctx!(self, fd, |f| f.read(memory, iovs, fuel), ctx => ctx.fd_read(memory, fd, iovs))
     }
 
     async fn fd_pread(
@@ -1293,20 +1273,8 @@ impl WasiSnapshotPreview1 for SharedWasi {
         offset: types::Filesize,
     ) -> Result<types::Size, types::Error> {
         let fuel = self.hostcall_fuel;
-        if let Some(done) = self
-            .files
-            .get(fd)
-            .and_then(|f| f.pread(memory, iovs, offset, fuel))
-        {
-            return done;
-        }
-        let files = self.files.clone();
-        locked!(self, ctx => async {
-            match files.get(fd).and_then(|f| f.pread(memory, iovs, offset, fuel)) {
-                Some(done) => done,
-                None => ctx.fd_pread(memory, fd, iovs, offset).await,
-            }
-        })
+        file_or_ctx!(self, fd, |f| f.pread(memory, iovs, offset, fuel),
+            ctx => ctx.fd_pread(memory, fd, iovs, offset))
     }
 
     async fn fd_close(
