@@ -185,7 +185,8 @@ struct StopState {
     mark: Arc<Mutex<Option<Instant>>>,
 }
 
-fn stop_guest(pages: u32) -> String {
+fn stop_guest(pages: u32, parked: u32, spinning: u32) -> String {
+    let total = parked + spinning;
     format!(
         r#"(module
   (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
@@ -204,20 +205,20 @@ fn stop_guest(pages: u32) -> String {
   (func (export "_start")
     (local $i i32)
     (loop $l
-      (drop (call $spawn (i32.ge_u (local.get $i) (i32.const 64))))
+      (drop (call $spawn (i32.ge_u (local.get $i) (i32.const {parked}))))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $l (i32.lt_u (local.get $i) (i32.const 72))))
-    (loop $w (br_if $w (i32.lt_u (i32.atomic.load (i32.const 0)) (i32.const 72))))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {total}))))
+    (loop $w (br_if $w (i32.lt_u (i32.atomic.load (i32.const 0)) (i32.const {total}))))
     (call $settle)
     (call $mark)
     (call $exit (i32.const 0))))"#
     )
 }
 
-/// From `proc_exit` to `run` returning with every thread joined, with 64
-/// threads parked in memory.atomic.wait and 8 spinning.
-fn stop_latency(engine: &Engine, pages: u32) -> Duration {
-    let module = compile(engine, stop_guest(pages).as_bytes()).unwrap();
+/// From `proc_exit` to `run` returning with every thread joined, with
+/// `parked` threads parked in memory.atomic.wait and `spinning` spinning.
+fn stop_latency(engine: &Engine, pages: u32, parked: u32, spinning: u32) -> Duration {
+    let module = compile(engine, stop_guest(pages, parked, spinning).as_bytes()).unwrap();
     let threads = WasiThreads::new(engine, &module).unwrap();
     let mark = Arc::new(Mutex::new(None));
     let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
@@ -270,16 +271,27 @@ fn native_exit_latency() -> Duration {
 
 pub fn stop(_: &mut Bench) {
     let engine = Engine::new(&engine_config()).unwrap();
-    for (label, pages) in [("16 MiB", 256u32), ("1 GiB", 16384)] {
+    // The issue's case (8 spinning), then a harder one: 64 more threads to
+    // wake and tear down on the same 2 cores.
+    for (parked, spinning, pages) in [(0, 8, 256u32), (64, 8, 256), (64, 8, 16384)] {
+        let label = format!(
+            "{}{spinning} spinning, {}",
+            if parked > 0 {
+                format!("{parked} parked + ")
+            } else {
+                String::new()
+            },
+            if pages == 256 { "16 MiB" } else { "1 GiB" }
+        );
         let runs: Vec<u64> = (0..15)
-            .map(|_| stop_latency(&engine, pages).as_micros() as u64)
+            .map(|_| stop_latency(&engine, pages, parked, spinning).as_micros() as u64)
             .collect();
         let max = *runs.iter().max().unwrap();
         let native: Vec<u64> = (0..15)
             .map(|_| native_exit_latency().as_micros() as u64)
             .collect();
         row(
-            &format!("(g) stop+join, 64 parked + 8 spinning, {label}"),
+            &format!("(g) stop+join, {label}"),
             median(runs) as f64 / 1e3,
             median(native) as f64 / 1e3,
             "ms",

@@ -6,7 +6,8 @@
 //! Every guest times itself (`RESULT elapsed_ns=...`), so compilation and
 //! process start-up are left out for every runner alike. Within one
 //! repetition the runners take turns, so a change in the machine's load hits
-//! them all; the figures are medians over the repetitions.
+//! them all. The times are medians over the repetitions; a ratio is the
+//! median of the repetitions' own ratios (see [`Row::ratio`]).
 
 use crate::hogs::Hogs;
 use crate::{Bench, Results, median, parse, root};
@@ -198,18 +199,52 @@ impl Workload {
     }
 }
 
-/// Medians per runner of one workload.
+/// One workload's measurements: per runner, one sample per repetition
+/// (`None` where the runner was left out).
 pub struct Row {
     pub label: String,
-    pub medians: Vec<(Runner, u64)>,
+    pub samples: Vec<(Runner, Vec<Option<u64>>)>,
 }
 
 impl Row {
-    pub fn get(&self, runner: Runner) -> Option<u64> {
-        self.medians
+    fn samples(&self, runner: Runner) -> Option<&[Option<u64>]> {
+        self.samples
             .iter()
             .find(|(r, _)| *r == runner)
-            .map(|&(_, v)| v)
+            .map(|(_, s)| s.as_slice())
+    }
+
+    /// The median of `runner`'s samples.
+    pub fn get(&self, runner: Runner) -> Option<u64> {
+        let have: Vec<u64> = self.samples(runner)?.iter().flatten().copied().collect();
+        (!have.is_empty()).then(|| median(have))
+    }
+
+    /// `a` over `b`: the median, over the repetitions in which both ran, of
+    /// the ratio of their two samples. Each repetition runs every runner
+    /// once, back to back, so a ratio within one repetition is taken under
+    /// (nearly) the same machine conditions; the ratio of two medians would
+    /// mix samples from minutes apart on a machine that swings 2x.
+    pub fn ratio(&self, a: Runner, b: Runner) -> Option<f64> {
+        let (a, b) = (self.samples(a)?, self.samples(b)?);
+        let mut ratios: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter_map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) if *a > 0 && *b > 0 => Some(*a as f64 / *b as f64),
+                _ => None,
+            })
+            .collect();
+        if ratios.is_empty() {
+            return None;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        Some(if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        })
     }
 }
 
@@ -236,25 +271,27 @@ pub fn measure(b: &mut Bench, tools: &Tools, work: &[Workload], reps: usize) -> 
                 for k in 0..runners.len() {
                     let i = (k + rep) % runners.len();
                     if failed[i] {
+                        samples[i].push(None);
                         continue;
                     }
                     match w.run(b, tools, runners[i]) {
-                        Ok(v) => samples[i].push(v),
+                        Ok(v) => samples[i].push(Some(v)),
                         Err(why) => {
                             println!("  ({} left out: {why})", runners[i].label());
                             failed[i] = true;
+                            samples[i].push(None);
                         }
                     }
                 }
             }
             Row {
                 label: w.label.clone(),
-                medians: runners
+                samples: runners
                     .into_iter()
                     .zip(samples)
                     .zip(failed)
                     .filter(|(_, failed)| !failed)
-                    .map(|((r, s), _)| (r, median(s)))
+                    .map(|((r, s), _)| (r, s))
                     .collect(),
             }
         })
@@ -262,7 +299,7 @@ pub fn measure(b: &mut Bench, tools: &Tools, work: &[Workload], reps: usize) -> 
 }
 
 pub fn header(title: &str) {
-    println!("\n{title}");
+    println!("\n{title} (ratios: the median of each repetition's own ratio)");
     println!(
         "{:<40} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7} {:>7}",
         "median ms",
@@ -291,15 +328,8 @@ const RATIOS: [(Runner, Runner); 5] = [
 pub fn print(rows: &[Row]) {
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1e6));
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
-    let ratios = |row: &Row| -> Vec<Option<f64>> {
-        RATIOS
-            .iter()
-            .map(|&(a, b)| match (row.get(a), row.get(b)) {
-                (Some(a), Some(b)) if a > 0 && b > 0 => Some(a as f64 / b as f64),
-                _ => None,
-            })
-            .collect()
-    };
+    let ratios =
+        |row: &Row| -> Vec<Option<f64>> { RATIOS.iter().map(|&(a, b)| row.ratio(a, b)).collect() };
     for r in rows {
         let cols: Vec<String> = ratios(r).into_iter().map(ratio).collect();
         println!(
