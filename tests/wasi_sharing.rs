@@ -573,6 +573,23 @@ impl LibraryRun {
             _ => None,
         })
     }
+
+    /// Asserts that none was abandoned, that exactly `spawned` threads were
+    /// spawned, and that each of them, and each of `also`, was stopped.
+    fn assert_all_stopped(&self, spawned: usize, also: &[u32]) {
+        use wasi_threads_host::ThreadExit;
+        assert_eq!(self.abandoned(), Vec::<u32>::new(), "{:?}", self.events);
+        let tids = self.spawned();
+        assert_eq!(tids.len(), spawned, "{:?}", self.events);
+        for &tid in tids.iter().chain(also) {
+            assert_eq!(
+                self.exit_of(tid),
+                Some(&ThreadExit::Stopped),
+                "thread {tid}: {:?}",
+                self.events
+            );
+        }
+    }
 }
 
 /// The join timeout of library runs: short, so that an abandoned thread
@@ -636,7 +653,7 @@ fn fifo_helpers() -> usize {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_thread_waiting_to_open_a_fifo_holds_up_no_other_thread() {
-    use wasi_threads_host::{Outcome, ThreadExit};
+    use wasi_threads_host::Outcome;
     let _one = FIFO_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     for fifo in [0, -1] {
         let dir = FifoDir::new("fifo-exit");
@@ -648,17 +665,7 @@ fn a_thread_waiting_to_open_a_fifo_holds_up_no_other_thread() {
              were held up); {:?}",
             run.events
         );
-        assert_eq!(run.abandoned(), Vec::<u32>::new(), "{:?}", run.events);
-        let spawned = run.spawned();
-        assert_eq!(spawned.len(), 5, "{:?}", run.events);
-        for &tid in &spawned {
-            assert_eq!(
-                run.exit_of(tid),
-                Some(&ThreadExit::Stopped),
-                "thread {tid}: {:?}",
-                run.events
-            );
-        }
+        run.assert_all_stopped(5, &[]);
         assert_eq!(fifo_helpers(), 0);
     }
 }
@@ -668,7 +675,7 @@ fn a_thread_waiting_to_open_a_fifo_holds_up_no_other_thread() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_thread_waiting_to_open_a_fifo_leaves_at_the_timeout() {
-    use wasi_threads_host::{MAIN_TID, Outcome, ThreadExit};
+    use wasi_threads_host::{MAIN_TID, Outcome};
     let _one = FIFO_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = FifoDir::new("fifo-timeout");
     let run = run_library(
@@ -677,17 +684,7 @@ fn a_thread_waiting_to_open_a_fifo_leaves_at_the_timeout() {
         Some(Duration::from_millis(1500)),
     );
     assert_eq!(run.outcome, Outcome::TimedOut, "{:?}", run.events);
-    assert_eq!(run.abandoned(), Vec::<u32>::new(), "{:?}", run.events);
-    let spawned = run.spawned();
-    assert_eq!(spawned.len(), 5, "{:?}", run.events);
-    for &tid in spawned.iter().chain([&MAIN_TID]) {
-        assert_eq!(
-            run.exit_of(tid),
-            Some(&ThreadExit::Stopped),
-            "thread {tid}: {:?}",
-            run.events
-        );
-    }
+    run.assert_all_stopped(5, &[MAIN_TID]);
     assert_eq!(fifo_helpers(), 0);
 }
 
@@ -765,7 +762,7 @@ fn the_cli_stops_a_thread_waiting_to_open_a_fifo() {
 #[cfg(target_os = "linux")]
 #[test]
 fn threads_contending_for_the_context_all_leave_when_the_program_stops() {
-    use wasi_threads_host::{Outcome, ThreadExit};
+    use wasi_threads_host::Outcome;
     let dir = FifoDir::new("contend");
     let wat = contenders_guest(CONTEND_THEN_EXIT);
     for _ in 0..5 {
@@ -776,16 +773,6 @@ fn threads_contending_for_the_context_all_leave_when_the_program_stops() {
             "{:?}",
             run.events
         );
-        assert_eq!(run.abandoned(), Vec::<u32>::new(), "{:?}", run.events);
-        let spawned = run.spawned();
-        assert_eq!(spawned.len(), 8, "{:?}", run.events);
-        for tid in spawned {
-            assert_eq!(
-                run.exit_of(tid),
-                Some(&ThreadExit::Stopped),
-                "contender {tid}: {:?}",
-                run.events
-            );
-        }
+        run.assert_all_stopped(8, &[]);
     }
 }
