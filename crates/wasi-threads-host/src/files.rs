@@ -105,7 +105,9 @@ pub(crate) struct OpenFile {
 
 struct State {
     /// `None` until first use, then whether the file is a regular file (and
-    /// so handled here at all).
+    /// so handled here at all); `Some(false)` also once the descriptor is
+    /// given back to the context ([`OpenFile::release`]), for a thread that
+    /// looked it up just before.
     regular: Option<bool>,
     append: bool,
     pos: Pos,
@@ -224,7 +226,7 @@ impl Files {
     pub(crate) fn closed(&self, fd: types::Fd) {
         self.dirs.lock().remove(&u32::from(fd));
         if let Some(file) = self.open.write().remove(&u32::from(fd)) {
-            file.release();
+            let _ = file.release();
         }
     }
 
@@ -239,7 +241,7 @@ impl Files {
         }
         let mut open = self.open.write();
         if let Some(old) = open.remove(&u32::from(to)) {
-            old.release();
+            let _ = old.release();
         }
         if let Some(file) = open.remove(&u32::from(from)) {
             open.insert(to.into(), file);
@@ -278,10 +280,9 @@ impl Files {
         for (fd, file) in open {
             // A position the file description cannot tell any more (the
             // file was closed under it, say) stays what the context had.
-            if let Ok(pos) = file.position() {
+            if let Ok(pos) = file.release() {
                 seek_context(ctx, fd.into(), pos);
             }
-            file.release();
         }
     }
 }
@@ -354,13 +355,21 @@ impl OpenFile {
         state.append = append;
     }
 
-    /// Takes the file description out of append mode again, as the context
-    /// left it.
-    fn release(&self) {
-        let state = self.state.lock();
+    /// Gives the descriptor back to the context: waits for the I/O at the
+    /// offset still under way, takes the file description out of append
+    /// mode again, as the context left it, and returns the position for the
+    /// context. A thread that looked the descriptor up before it left the
+    /// table finds it not handled here from now on, and goes to the
+    /// context, so no write moves the offset after the position was read.
+    fn release(&self) -> Result<u64, types::Error> {
+        let mut state = self.state.lock();
+        let _settled = self.in_flight.write();
+        let pos = resolve(&self.file, &mut state);
         if state.regular == Some(true) && state.append {
             let _ = sys::set_append(&self.file, false);
         }
+        state.regular = Some(false);
+        pos
     }
 
     /// `fd_write` (`At::Cursor`) or `fd_pwrite`, as `wasmtime-wasi` does it
@@ -1204,12 +1213,21 @@ mod tests {
         block(w.fd_write(memory, b, ciovs)).unwrap();
         assert_eq!(w.fd_tell(memory, a).unwrap(), 10);
         assert_eq!(w.fd_tell(memory, b).unwrap(), 13);
+        // What a thread looked up just before the hand-back.
+        let stale = [a, b].map(|fd| w.files.get(fd).unwrap());
         let (ta, tb) = w.with_ctx(|ctx| {
             let mut none = [0u8; 0];
             let m = &mut GuestMemory::Unshared(&mut none);
             (ctx.fd_tell(m, a).unwrap(), ctx.fd_tell(m, b).unwrap())
         });
         assert_eq!((ta, tb), (10, 13));
+        // It is not handled here any more: a write through it would move
+        // the offset behind the context's back.
+        for file in &stale {
+            let ciovs = iov(memory, b"lost");
+            assert!(file.write(memory, ciovs, super::At::Cursor, FUEL).is_none());
+            assert!(file.tell().is_none());
+        }
         // The context has them back: the next writes go where it says.
         let ciovs = iov(memory, b"!");
         block(w.fd_write(memory, a, ciovs)).unwrap();
