@@ -1,9 +1,9 @@
 //! Every way a thread can keep running wasm without end is reached by the
 //! stop checks the rewrite adds (loop headers, and the entries of functions
 //! that recurse, call opaquely or head large call trees): an infinite loop
-//! with no calls, a loop whose body is one
-//! `br_if`, recursion with no loops (direct, through `call_indirect`, as tail
-//! calls), a call tree with neither loops nor recursion, a loop of cheap
+//! with no calls, a loop whose body is one `br_if`, recursion (direct, with
+//! its calls in different arms and blocks, mutual, only inside a loop,
+//! through `call_indirect`, as tail calls), a call tree with neither loops nor recursion, a loop of cheap
 //! host calls, a wait entered from a loop. In each, a spawned thread runs the
 //! kernel forever and the main thread exits with 7 once the thread has
 //! started: the outcome must be that exit, with every thread stopped and
@@ -120,6 +120,46 @@ fn recursion_without_loops_is_stopped() {
                    (else (i64.add
                      (call $fib (i64.sub (local.get $n) (i64.const 1)))
                      (call $fib (i64.sub (local.get $n) (i64.const 2)))))))"#,
+        ),
+    );
+}
+
+#[test]
+fn recursion_in_arms_blocks_and_loops_is_stopped() {
+    // Mutual recursion with its calls in arms of an `if` and in a block
+    // that may be left early; and a recursion whose calls are all inside a
+    // loop, which passes only the loop's check.
+    assert_stopped(
+        "arms",
+        &program(
+            r#"(func $kernel (call $r (i32.const 60)))
+               (func $r (param $n i32)
+                 (drop (i32.atomic.rmw.add (i32.const 8) (i32.const 1)))
+                 (if (i32.eqz (local.get $n)) (then return))
+                 (if (i32.and (local.get $n) (i32.const 1))
+                   (then
+                     (call $s (i32.sub (local.get $n) (i32.const 1)))
+                     (call $s (i32.sub (local.get $n) (i32.const 1))))
+                   (else
+                     (call $r (i32.sub (local.get $n) (i32.const 1)))
+                     (call $s (i32.sub (local.get $n) (i32.const 1))))))
+               (func $s (param $n i32)
+                 (block $skip
+                   (br_if $skip (i32.eqz (local.get $n)))
+                   (call $r (i32.sub (local.get $n) (i32.const 1))))
+                 (call $r (i32.shr_u (local.get $n) (i32.const 1))))"#,
+        ),
+    );
+    assert_stopped(
+        "walk",
+        &program(
+            r#"(func $kernel (call $walk (i32.const 60)))
+               (func $walk (param $n i32) (local $i i32)
+                 (if (i32.eqz (local.get $n)) (then return))
+                 (loop $children
+                   (call $walk (i32.sub (local.get $n) (i32.const 1)))
+                   (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                   (br_if $children (i32.lt_u (local.get $i) (i32.const 3)))))"#,
         ),
     );
 }

@@ -194,11 +194,26 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
             }
             Payload::CodeSectionEntry(body) => {
                 scan.bodies += 1;
-                let mut info = checks::Body::default();
+                let mut instrs = Vec::new();
+                // Where the checks already in place start, and how many
+                // instructions of the one under way are left.
+                let mut checks_at = Vec::new();
+                let mut in_check = 0;
                 let mut ops = body.get_operators_reader()?;
                 while !ops.eof() {
                     let op = ops.read()?;
-                    scan.note_call(&op, &mut info);
+                    if let (Some(flag), 0, Operator::I32Const { value: 0 }) =
+                        (scan.stop_flag, in_check, &op)
+                        && is_check_rest(&mut ops.clone(), flag)?
+                    {
+                        checks_at.push(instrs.len());
+                        in_check = CHECK_LEN;
+                    }
+                    instrs.push(checks::Instr {
+                        op: scan.classify(&op),
+                        counts: in_check == 0 && !scan.is_host_call(&op),
+                    });
+                    in_check = in_check.saturating_sub(1);
                     let Some(memory) = wait_or_notify_memory(&op) else {
                         continue;
                     };
@@ -211,15 +226,14 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
                         scan.wait_elsewhere = Some(memory);
                     }
                 }
-                if let Some(flag) = scan.stop_flag {
-                    let present = present_checks(&body, flag)?;
-                    // A check's own instructions are not the function's
-                    // work.
-                    info.weight = info.weight.saturating_sub(4 * present.count);
-                    scan.entry_checked.push(present.entry);
-                    scan.loops_checked &= present.loops;
+                if scan.stop_flag.is_some() {
+                    let at = |i: usize| checks_at.binary_search(&i).is_ok();
+                    scan.entry_checked.push(at(0));
+                    scan.loops_checked &= instrs.iter().enumerate().all(|(i, instr)| {
+                        instr.op != checks::Op::Open { is_loop: true } || at(i + 1)
+                    });
                 }
-                scan.bodies_info.push(info);
+                scan.bodies_info.push(checks::body(&instrs));
             }
             _ => {}
         }
@@ -271,28 +285,40 @@ impl Scan {
         }
     }
 
-    /// Adds `op` to what the placement of entry checks knows of its body:
-    /// its weight, and the calls it makes. Calls of the host's own functions
-    /// count for nothing, so that a rewritten module (whose waits became
-    /// `i32.const; call`) weighs what the original did.
-    fn note_call(&self, op: &Operator<'_>, info: &mut checks::Body) {
+    /// What `op` is to the placement of entry checks: its control structure
+    /// and its calls. Calls of the host's own functions are not calls of wasm.
+    fn classify(&self, op: &Operator<'_>) -> checks::Op {
+        use checks::Op;
         match op {
+            Operator::Block { .. }
+            | Operator::If { .. }
+            | Operator::Try { .. }
+            | Operator::TryTable { .. } => Op::Open { is_loop: false },
+            Operator::Loop { .. } => Op::Open { is_loop: true },
+            Operator::Else | Operator::Catch { .. } | Operator::CatchAll => Op::Arm,
+            Operator::End | Operator::Delegate { .. } => Op::End,
             Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
                 if self.host_funcs.contains(function_index) {
-                    return;
+                    return Op::Other;
                 }
                 match function_index.checked_sub(self.imported_funcs) {
-                    Some(defined) => info.callees.push(defined),
-                    None => info.opaque = true,
+                    Some(defined) => Op::Call(defined),
+                    None => Op::Opaque,
                 }
             }
             Operator::CallIndirect { .. }
             | Operator::ReturnCallIndirect { .. }
             | Operator::CallRef { .. }
-            | Operator::ReturnCallRef { .. } => info.opaque = true,
-            _ => {}
+            | Operator::ReturnCallRef { .. } => Op::Opaque,
+            _ => Op::Other,
         }
-        info.weight = info.weight.saturating_add(1);
+    }
+
+    /// Whether `op` calls one of the host's own functions: no work of the
+    /// module's, so that a rewritten module (whose waits became
+    /// `i32.const; call`) weighs what the original did.
+    fn is_host_call(&self, op: &Operator<'_>) -> bool {
+        matches!(op, Operator::Call { function_index } if self.host_funcs.contains(function_index))
     }
 }
 
@@ -308,60 +334,29 @@ fn stop_flag_type() -> wasmparser::MemoryType {
     }
 }
 
-/// The checks a body already has, exactly as the rewrite writes them.
-struct PresentChecks {
-    /// One starts the body.
-    entry: bool,
-    /// One starts every loop.
-    loops: bool,
-    /// How many of these there are.
-    count: u64,
-}
+/// The instructions of a check: `i32.const 0; i32.atomic.load <flag>; if;
+/// unreachable; end`.
+const CHECK_LEN: usize = 5;
 
-fn present_checks(body: &wasmparser::FunctionBody<'_>, flag: u32) -> Result<PresentChecks> {
-    let mut ops = body.get_operators_reader()?;
-    let check = |ops: &mut wasmparser::OperatorsReader<'_>| -> Result<bool> {
-        for expected in 0..5 {
-            if ops.eof() {
-                return Ok(false);
-            }
-            let ok = match (expected, ops.read()?) {
-                (0, Operator::I32Const { value: 0 }) => true,
-                (1, Operator::I32AtomicLoad { memarg }) => {
-                    memarg.memory == flag && memarg.offset == 0
-                }
-                (2, Operator::If { blockty }) => blockty == wasmparser::BlockType::Empty,
-                (3, Operator::Unreachable) => true,
-                (4, Operator::End) => true,
-                _ => false,
-            };
-            if !ok {
-                return Ok(false);
-            }
+/// Whether `ops`, just after an `i32.const 0`, go on as a check of the stop
+/// flag `flag` exactly as the rewrite writes it.
+fn is_check_rest(ops: &mut wasmparser::OperatorsReader<'_>, flag: u32) -> Result<bool> {
+    for expected in 1..CHECK_LEN {
+        if ops.eof() {
+            return Ok(false);
         }
-        Ok(true)
-    };
-    let mut present = PresentChecks {
-        entry: false,
-        loops: true,
-        count: 0,
-    };
-    let mut probe = ops.clone();
-    if check(&mut probe)? {
-        present.entry = true;
-        present.count += 1;
-        ops = probe;
-    }
-    while !ops.eof() {
-        if matches!(ops.read()?, Operator::Loop { .. }) {
-            if check(&mut ops)? {
-                present.count += 1;
-            } else {
-                present.loops = false;
-            }
+        let ok = match (expected, ops.read()?) {
+            (1, Operator::I32AtomicLoad { memarg }) => memarg.memory == flag && memarg.offset == 0,
+            (2, Operator::If { blockty }) => blockty == wasmparser::BlockType::Empty,
+            (3, Operator::Unreachable) => true,
+            (4, Operator::End) => true,
+            _ => false,
+        };
+        if !ok {
+            return Ok(false);
         }
     }
-    Ok(present)
+    Ok(true)
 }
 
 fn wait_or_notify_memory(op: &Operator<'_>) -> Option<u32> {
@@ -989,9 +984,9 @@ mod tests {
                     if let Operator::I32AtomicLoad { memarg } = op
                         && memarg.memory == 1
                     {
-                        seen.push(match i {
-                            1 => "entry",
-                            _ if matches!(ops[i - 2], Operator::Loop { .. }) => "loop",
+                        seen.push(match (i, i.checked_sub(2).map(|j| &ops[j])) {
+                            (1, _) => "entry",
+                            (_, Some(Operator::Loop { .. })) => "loop",
                             _ => "elsewhere",
                         });
                     }
@@ -1014,7 +1009,21 @@ mod tests {
           (func $calls_wasm (call $leaf))
           (func $indirect (call_indirect (type $t) (i32.const 0)))
           (func $tail (return_call $leaf))
-          (func $looping (loop $l (br_if $l (i32.const 0))) (loop (nop))))"#;
+          (func $looping (loop $l (br_if $l (i32.const 0))) (loop (nop)))
+          (func $fib (param i64) (result i64)
+            (if (result i64) (i64.lt_u (local.get 0) (i64.const 2))
+              (then (local.get 0))
+              (else (i64.add
+                (call $fib (i64.sub (local.get 0) (i64.const 1)))
+                (call $fib (i64.sub (local.get 0) (i64.const 2)))))))
+          (func $walk (param i32)
+            (loop $l
+              (call $walk (local.get 0))
+              (br_if $l (local.get 0))))
+          (func $both (param i32)
+            (drop (i32.const 7))
+            (block (br_if 0 (local.get 0)) (call $both (local.get 0)))
+            (call $both (local.get 0))))"#;
         let out = rewrite(wat.as_bytes()).unwrap().expect("rewritten");
         validate(&out);
         assert_eq!(
@@ -1029,8 +1038,37 @@ mod tests {
                 vec!["entry"],
                 vec![],
                 vec!["loop", "loop"],
+                // Recursive.
+                vec!["entry"],
+                // Recursive, but only behind the loop's check.
+                vec!["loop"],
+                vec!["entry"],
             ]
         );
+        assert!(rewrite(&out).unwrap().is_none(), "idempotent");
+        // A module whose recursive function lacks its entry check, or has
+        // it elsewhere, was not rewritten here.
+        let fib = |entry: &str, first: &str| {
+            format!(
+                r#"(module
+                  (import "wasi-threads-host" "stop-flag" (memory 1 1 shared))
+                  (func $fib (param i64) (result i64)
+                    {entry}
+                    (if (result i64) (i64.lt_u (local.get 0) (i64.const 2))
+                      (then (local.get 0))
+                      (else
+                        (i64.sub (local.get 0) (i64.const 1))
+                        {first} call $fib
+                        (call $fib (i64.sub (local.get 0) (i64.const 2)))
+                        i64.add))))"#
+            )
+        };
+        let check = "(if (i32.atomic.load (i32.const 0)) (then unreachable))";
+        assert!(rewrite(fib(check, "").as_bytes()).unwrap().is_none());
+        for forged in [fib("", ""), fib("", check)] {
+            let err = rewrite(forged.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains("does not check the stop flag"), "{err}");
+        }
     }
 
     #[test]
