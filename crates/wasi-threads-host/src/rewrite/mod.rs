@@ -9,7 +9,8 @@
 //!   and, once it is set, traps (`unreachable`): the host, seeing its flag
 //!   raised, takes that trap for the thread having been stopped. Between
 //!   two checks a thread runs a bounded amount of code. Small functions
-//!   called from hot loops get no check at all; that, and a check that is
+//!   called from hot loops get no check at all, and small inner loops are
+//!   written out twice per check ([`unroll`]); that, and a check that is
 //!   one atomic load and a conditional trap, is what makes the
 //!   checks cheaper than Wasmtime's epoch interruption, which checks at
 //!   every function entry (see [`crate::interrupt`]).
@@ -49,6 +50,7 @@ mod cache;
 mod checks;
 mod dwarf;
 mod offsets;
+mod unroll;
 
 pub use cache::compile_guest_cached;
 pub use offsets::{GuestModule, OffsetMap};
@@ -194,32 +196,69 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
             }
             Payload::CodeSectionEntry(body) => {
                 scan.bodies += 1;
+                let mut reader = body.get_operators_reader()?;
+                let mut ops = Vec::new();
+                while !reader.eof() {
+                    ops.push(reader.read()?);
+                }
                 let mut instrs = Vec::new();
                 // Where the checks already in place start, and how many
                 // instructions of the one under way are left.
                 let mut checks_at = Vec::new();
                 let mut in_check = 0;
-                let mut ops = body.get_operators_reader()?;
-                while !ops.eof() {
-                    let op = ops.read()?;
+                // A module to rewrite is weighed as the rewrite will write
+                // it, with its small loops unrolled, so that the rewritten
+                // module, verified, asks for the checks it was given.
+                let unroll = scan.stop_flag.is_none();
+                let mut i = 0;
+                while let Some(op) = ops.get(i) {
+                    if let Some(end) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
+                        let body = &ops[i + 1..end];
+                        let other = checks::Instr {
+                            op: checks::Op::Other,
+                            counts: true,
+                        };
+                        let open = |is_loop| checks::Instr {
+                            op: checks::Op::Open { is_loop },
+                            counts: true,
+                        };
+                        let close = checks::Instr {
+                            op: checks::Op::End,
+                            counts: true,
+                        };
+                        let copy = body.iter().map(|op| checks::Instr {
+                            op: scan.classify(op),
+                            counts: !scan.is_host_call(op),
+                        });
+                        instrs.extend([open(false), open(true), open(false)]);
+                        instrs.extend(copy.clone());
+                        instrs.extend([other, close]);
+                        instrs.extend(copy);
+                        instrs.extend([close, close]);
+                        i = end + 1;
+                        continue;
+                    }
                     if let (Some(flag), 0, Operator::I32Const { value: 0 }) =
-                        (scan.stop_flag, in_check, &op)
-                        && is_check_rest(&mut ops.clone(), flag)?
+                        (scan.stop_flag, in_check, op)
+                        && is_check(&ops[i..], flag)
                     {
                         checks_at.push(instrs.len());
                         in_check = CHECK_LEN;
                     }
                     instrs.push(checks::Instr {
-                        op: scan.classify(&op),
-                        counts: in_check == 0 && !scan.is_host_call(&op),
+                        op: scan.classify(op),
+                        counts: in_check == 0 && !scan.is_host_call(op),
                     });
                     in_check = in_check.saturating_sub(1);
-                    let Some(memory) = wait_or_notify_memory(&op) else {
+                    i += 1;
+                }
+                for op in &ops {
+                    let Some(memory) = wait_or_notify_memory(op) else {
                         continue;
                     };
                     if Some(memory) == scan.shared_memory {
                         scan.atomics_on_shared = true;
-                    } else if is_wait(&op)
+                    } else if is_wait(op)
                         && scan.memories.get(memory as usize).is_some_and(|m| m.shared)
                         && scan.wait_elsewhere.is_none()
                     {
@@ -338,25 +377,20 @@ fn stop_flag_type() -> wasmparser::MemoryType {
 /// unreachable; end`.
 const CHECK_LEN: usize = 5;
 
-/// Whether `ops`, just after an `i32.const 0`, go on as a check of the stop
-/// flag `flag` exactly as the rewrite writes it.
-fn is_check_rest(ops: &mut wasmparser::OperatorsReader<'_>, flag: u32) -> Result<bool> {
-    for expected in 1..CHECK_LEN {
-        if ops.eof() {
-            return Ok(false);
-        }
-        let ok = match (expected, ops.read()?) {
-            (1, Operator::I32AtomicLoad { memarg }) => memarg.memory == flag && memarg.offset == 0,
-            (2, Operator::If { blockty }) => blockty == wasmparser::BlockType::Empty,
-            (3, Operator::Unreachable) => true,
-            (4, Operator::End) => true,
-            _ => false,
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+/// Whether `ops` start with a check of the stop flag `flag` exactly as the
+/// rewrite writes it.
+fn is_check(ops: &[Operator<'_>], flag: u32) -> bool {
+    matches!(
+        ops,
+        [
+            Operator::I32Const { value: 0 },
+            Operator::I32AtomicLoad { memarg },
+            Operator::If { blockty: wasmparser::BlockType::Empty },
+            Operator::Unreachable,
+            Operator::End,
+            ..
+        ] if memarg.memory == flag && memarg.offset == 0
+    )
 }
 
 fn wait_or_notify_memory(op: &Operator<'_>) -> Option<u32> {
@@ -683,6 +717,130 @@ impl Rewriter {
         self.imports_added = true;
     }
 
+    /// Emits `op` as the rewrite writes it (a wait or notify on the shared
+    /// memory as a call of the host), recording where it went in `moves`
+    /// unless it is the first copy of an unrolled loop's body.
+    fn emit(
+        &mut self,
+        func: &mut wasm_encoder::Function,
+        mut moves: Option<&mut offsets::FunctionMoves>,
+        old: usize,
+        op: Operator<'_>,
+    ) -> Result<(), reencode::Error<std::convert::Infallible>> {
+        let mut record = |func: &wasm_encoder::Function, exact: bool| {
+            if let Some(moves) = moves.as_deref_mut() {
+                match exact {
+                    true => moves.exact(func.byte_len(), old),
+                    false => moves.instruction(func.byte_len(), old),
+                }
+            }
+        };
+        match self.host_func(&op) {
+            Some((host_func, offset)) => {
+                // A 32-bit memory's offsets are below 2^32; passed as the
+                // bits of an i32 and read back as u32 by the host.
+                record(func, true);
+                func.instruction(&wasm_encoder::Instruction::I32Const(offset as u32 as i32));
+                // The call is where a trap in the host function is
+                // reported: it stands for the original instruction.
+                record(func, false);
+                func.instruction(&wasm_encoder::Instruction::Call(host_func));
+            }
+            None => {
+                record(func, false);
+                func.instruction(&self.instruction(op)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the loop `ops` (from `loop` to its `end`, at the offsets `at`)
+    /// unrolled: see [`unroll`].
+    fn unrolled_loop(
+        &mut self,
+        func: &mut wasm_encoder::Function,
+        moves: &mut offsets::FunctionMoves,
+        ops: &[Operator<'_>],
+        at: &[usize],
+    ) -> Result<(), reencode::Error<std::convert::Infallible>> {
+        use wasm_encoder::Instruction as I;
+        let (Some(Operator::Loop { blockty }), Some(&start), Some(&end)) =
+            (ops.first(), at.first(), at.last())
+        else {
+            unreachable!("unroll::unrolled_end gives a loop through its end");
+        };
+        let blockty = self.block_type(*blockty)?;
+        let body = &ops[1..ops.len() - 1];
+        // What the rewrite adds stands for the loop; the loop's own
+        // instruction stays what its offset maps back to.
+        let added = |func: &mut wasm_encoder::Function, moves: &mut offsets::FunctionMoves, i| {
+            moves.exact(func.byte_len(), start);
+            func.instruction(&i);
+        };
+        added(func, moves, I::Block(blockty));
+        added(func, moves, I::Loop(blockty));
+        self.stop_check(func, moves, start);
+        added(func, moves, I::Block(wasm_encoder::BlockType::Empty));
+        let first = func.byte_len();
+        self.copy(func, None, body, &at[1..], unroll::FIRST_COPY_SHIFT)?;
+        let first_end = func.byte_len();
+        added(func, moves, I::Br(2));
+        added(func, moves, I::End);
+        let second = func.byte_len();
+        self.copy(func, Some(moves), body, &at[1..], unroll::SECOND_COPY_SHIFT)?;
+        debug_assert_eq!(func.byte_len() - second, first_end - first);
+        moves.copy(first..first_end, second);
+        moves.exact(func.byte_len(), end);
+        func.instruction(&I::End);
+        moves.exact(func.byte_len(), end);
+        func.instruction(&I::End);
+        Ok(())
+    }
+
+    /// One copy of an unrolled loop's body, its branches out of the loop
+    /// past `shift` more labels.
+    fn copy(
+        &mut self,
+        func: &mut wasm_encoder::Function,
+        mut moves: Option<&mut offsets::FunctionMoves>,
+        body: &[Operator<'_>],
+        at: &[usize],
+        shift: u32,
+    ) -> Result<(), reencode::Error<std::convert::Infallible>> {
+        use wasm_encoder::Instruction as I;
+        let mut depth = 0;
+        for (op, &old) in body.iter().zip(at) {
+            let relabel = |k| unroll::relabel(k, depth, shift);
+            let branch = match op {
+                Operator::Br { relative_depth } => Some(I::Br(relabel(*relative_depth))),
+                Operator::BrIf { relative_depth } => Some(I::BrIf(relabel(*relative_depth))),
+                Operator::BrTable { targets } => {
+                    let labels = targets
+                        .targets()
+                        .map(|k| k.map(relabel))
+                        .collect::<wasmparser::Result<Vec<_>>>()?;
+                    Some(I::BrTable(labels.into(), relabel(targets.default())))
+                }
+                _ => None,
+            };
+            match op {
+                Operator::Block { .. } | Operator::If { .. } => depth += 1,
+                Operator::End => depth -= 1,
+                _ => {}
+            }
+            match branch {
+                Some(branch) => {
+                    if let Some(moves) = moves.as_deref_mut() {
+                        moves.instruction(func.byte_len(), old);
+                    }
+                    func.instruction(&branch);
+                }
+                None => self.emit(func, moves.as_deref_mut(), old, op.clone())?,
+            }
+        }
+        Ok(())
+    }
+
     /// Emits a check of the stop flag; the stack is as it was after it.
     /// Every instruction of it is reported at `original`.
     fn stop_check(
@@ -821,7 +979,12 @@ impl Reencode for Rewriter {
         body: wasmparser::FunctionBody<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         let mut func = self.new_function_with_parsed_locals(&body)?;
-        let mut ops = body.get_operators_reader()?;
+        let mut reader = body.get_operators_reader()?;
+        let (mut ops, mut at) = (Vec::new(), Vec::new());
+        while !reader.eof() {
+            at.push(reader.original_position());
+            ops.push(reader.read()?);
+        }
         let mut moves = self.map.begin_function(code.byte_len(), &body);
         let entry = self.entry.get(self.next_body).copied().unwrap_or(true);
         self.next_body += 1;
@@ -830,34 +993,27 @@ impl Reencode for Rewriter {
             // first instruction still maps to itself and back.
             self.stop_check(&mut func, &mut moves, body.range().start);
         }
-        while !ops.eof() {
-            let old = ops.original_position();
-            let op = ops.read()?;
-            match self.host_func(&op) {
-                Some((host_func, offset)) => {
-                    // A 32-bit memory's offsets are below 2^32; passed as the
-                    // bits of an i32 and read back as u32 by the host.
-                    moves.exact(func.byte_len(), old);
-                    func.instruction(&wasm_encoder::Instruction::I32Const(offset as u32 as i32));
-                    // The call is where a trap in the host function is
-                    // reported: it stands for the original instruction.
-                    moves.instruction(func.byte_len(), old);
-                    func.instruction(&wasm_encoder::Instruction::Call(host_func));
+        let mut i = 0;
+        while let Some(op) = ops.get(i) {
+            let old = at[i];
+            match unroll::unrolled_end(&ops, i) {
+                Some(end) => {
+                    self.unrolled_loop(&mut func, &mut moves, &ops[i..=end], &at[i..=end])?;
+                    i = end + 1;
+                    continue;
                 }
                 None if matches!(op, Operator::Loop { .. }) => {
                     // Exact: the check after it maps to the same offset, and
                     // the loop must be what that offset maps back to.
                     moves.exact(func.byte_len(), old);
-                    func.instruction(&self.instruction(op)?);
+                    func.instruction(&self.instruction(op.clone())?);
                     self.stop_check(&mut func, &mut moves, old);
                 }
-                None => {
-                    moves.instruction(func.byte_len(), old);
-                    func.instruction(&self.instruction(op)?);
-                }
+                None => self.emit(&mut func, Some(&mut moves), old, op.clone())?,
             }
+            i += 1;
         }
-        moves.end(func.byte_len(), ops.original_position());
+        moves.end(func.byte_len(), reader.original_position());
         self.map.end_function(moves);
         code.function(&func);
         Ok(())
@@ -1111,7 +1267,8 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(memory_ops, [("check", 0), ("load", 1)]);
+        // The loop is unrolled: its body is there twice, checked once.
+        assert_eq!(memory_ops, [("check", 0), ("load", 1), ("load", 1)]);
         assert!(rewrite(&out).unwrap().is_none(), "idempotent");
     }
 
@@ -1196,19 +1353,69 @@ mod tests {
             assert!(!before.is_empty());
             for (offset, op) in before {
                 let new = map.rewritten_offset(offset).expect("mapped");
-                let expected = match op.as_str() {
-                    "MemoryAtomicWait32" | "MemoryAtomicWait64" | "MemoryAtomicNotify" => {
-                        "I32Const"
-                    }
-                    op => op,
-                };
-                assert_eq!(
-                    after.get(&new).map(String::as_str),
-                    Some(expected),
-                    "{offset:#x}"
-                );
+                let found = after.get(&new).map(String::as_str);
+                assert_eq!(found, Some(rewritten_as(&op, found)), "{offset:#x}");
                 assert_eq!(map.original_offset(new), Some(offset), "{offset:#x}");
             }
+        }
+    }
+
+    /// Code in either copy of an unrolled loop's body is told as the one
+    /// instruction of the original it copies, in backtraces and in the map
+    /// the cache keeps.
+    #[test]
+    fn both_copies_of_an_unrolled_body_map_to_the_original() {
+        let wat = r#"(module (func (export "f") (param i32) (result i32)
+            (loop $l (result i32)
+              (drop (i32.div_u (i32.const 1) (local.get 0)))
+              (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+              (br_if $l (local.get 0))
+              (i32.const 7))))"#;
+        let binary = to_binary(wat.as_bytes()).unwrap();
+        let (out, map) = rewrite_with_map(&binary).unwrap().unwrap();
+        validate(&out);
+        let decoded = OffsetMap::decode(&map.encode().unwrap()).expect("decodes");
+        let original: std::collections::HashMap<usize, String> =
+            instructions(&binary).into_iter().collect();
+        let divisions = |module: &[u8]| -> Vec<usize> {
+            instructions(module)
+                .into_iter()
+                .filter(|(_, op)| op == "I32DivU")
+                .map(|(at, _)| at)
+                .collect()
+        };
+        let [division] = divisions(&binary)[..] else {
+            panic!("one division in the original")
+        };
+        let copies = divisions(&out);
+        assert_eq!(copies.len(), 2, "the loop is unrolled");
+        for copy in copies {
+            assert_eq!(map.original_offset(copy), Some(division));
+            assert_eq!(decoded.original_offset(copy), Some(division));
+        }
+        // Every instruction of the rewritten module is told as one of the
+        // original's: itself, or (for what the rewrite added) the loop, its
+        // end or the function's start.
+        for (at, op) in instructions(&out) {
+            let old = map.original_offset(at).expect("in the code");
+            assert_eq!(decoded.original_offset(at), Some(old));
+            if let Some(was) = original.get(&old) {
+                assert!(
+                    was == &op || matches!(was.as_str(), "Loop" | "End"),
+                    "{op} at {at:#x} told as {was} at {old:#x}"
+                );
+            }
+        }
+    }
+
+    /// What the instruction `op` maps to in the rewritten module: a routed
+    /// wait to the `i32.const` that starts its call, an unrolled loop (when
+    /// `found` says it was) to the `block` around it.
+    fn rewritten_as<'a>(op: &'a str, found: Option<&str>) -> &'a str {
+        match op {
+            "MemoryAtomicWait32" | "MemoryAtomicWait64" | "MemoryAtomicNotify" => "I32Const",
+            "Loop" if found == Some("Block") => "Block",
+            op => op,
         }
     }
 
@@ -1309,17 +1516,8 @@ mod tests {
             assert!(after.contains(&row), "missing {row:?} (was at {old:#x})");
             if let Some(op) = old_ops.get(&old) {
                 on_instructions += 1;
-                let expected = match op.as_str() {
-                    "MemoryAtomicWait32" | "MemoryAtomicWait64" | "MemoryAtomicNotify" => {
-                        "I32Const"
-                    }
-                    op => op,
-                };
-                assert_eq!(
-                    new_ops.get(&new).map(String::as_str),
-                    Some(expected),
-                    "{old:#x}"
-                );
+                let found = new_ops.get(&new).map(String::as_str);
+                assert_eq!(found, Some(rewritten_as(op, found)), "{old:#x}");
             }
         }
         assert!(on_instructions > 100);

@@ -22,6 +22,11 @@ pub struct OffsetMap {
     /// `(rewritten, original)` offsets, increasing in both, at every
     /// instruction (and function entry) where the shift changes.
     points: Vec<(usize, usize)>,
+    /// `(first copy, second copy)`: code the rewrite wrote twice (an
+    /// unrolled loop's body, see `unroll`), in increasing order. `points`
+    /// maps the second copy; an offset in the first is told as the same
+    /// offset in the second.
+    copies: Vec<(Range<usize>, usize)>,
     original_code: Range<usize>,
     rewritten_code: Range<usize>,
     imported_funcs: u32,
@@ -34,6 +39,7 @@ impl OffsetMap {
     pub fn identity() -> Self {
         OffsetMap {
             points: Vec::new(),
+            copies: Vec::new(),
             original_code: 0..0,
             rewritten_code: 0..0,
             imported_funcs: 0,
@@ -69,6 +75,13 @@ impl OffsetMap {
         if !(self.rewritten_code.start..=self.rewritten_code.end).contains(&rewritten) {
             return None;
         }
+        let copy = self.copies.partition_point(|c| c.0.start <= rewritten);
+        let rewritten = match copy.checked_sub(1).map(|i| &self.copies[i]) {
+            Some((first, second)) if first.contains(&rewritten) => {
+                second + (rewritten - first.start)
+            }
+            _ => rewritten,
+        };
         let i = self
             .points
             .partition_point(|p| p.0 <= rewritten)
@@ -79,7 +92,9 @@ impl OffsetMap {
 
     /// The offset in the rewritten module of the instruction that was at
     /// `original`, or `None` if `original` is not in the original code. For
-    /// a rewritten wait, the first instruction that replaced it.
+    /// a rewritten wait, the first instruction that replaced it; for an
+    /// unrolled loop, the `block` around it; for the body of one, its second
+    /// copy.
     pub fn rewritten_offset(&self, original: usize) -> Option<usize> {
         if self.identity {
             return Some(original);
@@ -206,6 +221,8 @@ pub(super) struct MapBuilder {
     /// `(rewritten, original)`, rewritten relative to the start of the new
     /// code section's payload until [`finish`](Self::finish).
     points: Vec<(usize, usize)>,
+    /// Code written twice: see [`OffsetMap`]'s field.
+    copies: Vec<(Range<usize>, usize)>,
     last_shift: Option<isize>,
     /// Length of the function count that starts the new code payload.
     count_len: usize,
@@ -223,6 +240,7 @@ pub(super) struct FunctionMoves {
     original_entry: usize,
     original_body: usize,
     points: Vec<(usize, usize, bool)>,
+    copies: Vec<(Range<usize>, usize)>,
 }
 
 impl FunctionMoves {
@@ -240,6 +258,12 @@ impl FunctionMoves {
     /// The body ends at `new` (in the new body), at `original`.
     pub fn end(&mut self, new: usize, original: usize) {
         self.points.push((new, original, false));
+    }
+
+    /// The code at `first` is a copy of the code at `second`, which is
+    /// recorded as usual; nothing is recorded for `first`.
+    pub fn copy(&mut self, first: Range<usize>, second: usize) {
+        self.copies.push((first, second));
     }
 }
 
@@ -259,6 +283,7 @@ impl MapBuilder {
     pub fn new(original_code: Range<usize>, original_count_len: usize, count: u32) -> Self {
         MapBuilder {
             points: Vec::new(),
+            copies: Vec::new(),
             last_shift: None,
             count_len: leb_len(count as usize),
             original_count_len,
@@ -290,6 +315,7 @@ impl MapBuilder {
             original_entry,
             original_body,
             points: Vec::new(),
+            copies: Vec::new(),
         }
     }
 
@@ -301,6 +327,12 @@ impl MapBuilder {
         self.point(new_body, moves.original_body, true);
         for (new, original, exact) in moves.points {
             self.point(new_body + new, original, exact);
+        }
+        for (first, second) in moves.copies {
+            self.copies.push((
+                new_body + first.start..new_body + first.end,
+                new_body + second,
+            ));
         }
     }
 
@@ -327,8 +359,14 @@ impl MapBuilder {
             .chain(self.points)
             .map(|(new, old)| (start + new, old))
             .collect();
+        let copies = self
+            .copies
+            .into_iter()
+            .map(|(first, second)| (start + first.start..start + first.end, start + second))
+            .collect();
         Ok(OffsetMap {
             points,
+            copies,
             original_code: self.original_code,
             rewritten_code,
             imported_funcs,
@@ -379,7 +417,7 @@ impl std::fmt::Debug for GuestModule {
 }
 
 /// The serialized form of an [`OffsetMap`], for the module cache.
-const MAP_MAGIC: &[u8; 8] = b"wthmap1\0";
+const MAP_MAGIC: &[u8; 8] = b"wthmap2\0";
 
 impl OffsetMap {
     /// The map as bytes, or `None` for offsets past 4 GiB (not cached).
@@ -402,6 +440,12 @@ impl OffsetMap {
             put(new)?;
             put(old)?;
         }
+        put(self.copies.len())?;
+        for (first, second) in &self.copies {
+            put(first.start)?;
+            put(first.end)?;
+            put(*second)?;
+        }
         Some(out)
     }
 
@@ -421,15 +465,34 @@ impl OffsetMap {
         let added_funcs = next()? as u32;
         let original_code = next()?..next()?;
         let rewritten_code = next()?..next()?;
+        // Counts are checked against the bytes there are before anything
+        // is allocated by them.
         let count = next()?;
-        let points_len = rest.len().checked_sub(7 * 4)?;
-        if points_len % 8 != 0 || count != points_len / 8 {
+        if count > rest.len() / 8 {
             return None;
         }
         let mut points = Vec::with_capacity(count);
         for _ in 0..count {
             points.push((next()?, next()?));
         }
+        let copies_count = next()?;
+        if copies_count > rest.len() / 12 {
+            return None;
+        }
+        let mut copies = Vec::with_capacity(copies_count);
+        for _ in 0..copies_count {
+            let first = next()?..next()?;
+            copies.push((first, next()?));
+        }
+        if next().is_some() {
+            return None;
+        }
+        let in_code = |r: &Range<usize>| {
+            r.start <= r.end && rewritten_code.start <= r.start && r.end <= rewritten_code.end
+        };
+        let copies_valid = copies.iter().all(|(first, second)| {
+            in_code(first) && in_code(&(*second..second.saturating_add(first.len())))
+        }) && copies.windows(2).all(|w| w[0].0.end <= w[1].0.start);
         let increasing = points
             .windows(2)
             .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1);
@@ -437,11 +500,12 @@ impl OffsetMap {
             (rewritten_code.start..=rewritten_code.end).contains(&new)
                 && (original_code.start..=original_code.end).contains(&old)
         });
-        if identity > 1 || !increasing || !inside {
+        if identity > 1 || !increasing || !inside || !copies_valid {
             return None;
         }
         Some(OffsetMap {
             points,
+            copies,
             original_code,
             rewritten_code,
             imported_funcs,
