@@ -135,7 +135,7 @@ struct Scan {
     wait_elsewhere: Option<u32>,
 }
 
-fn scan(bytes: &[u8]) -> Result<Scan> {
+fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
     let mut scan = Scan {
         loops_checked: true,
         ..Scan::default()
@@ -209,7 +209,7 @@ fn scan(bytes: &[u8]) -> Result<Scan> {
                 // A module to rewrite is weighed as the rewrite will write
                 // it, with its small loops unrolled, so that the rewritten
                 // module, verified, asks for the checks it was given.
-                let unroll = scan.stop_flag.is_none();
+                let unroll = unroll && scan.stop_flag.is_none();
                 let mut i = 0;
                 while let Some(op) = ops.get(i) {
                     if let Some(end) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
@@ -578,7 +578,11 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
 
 /// [`rewrite`] of a binary module, with the map of how its code moved.
 pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
-    let scan = scan(binary).map_err(|e| e.context("invalid WebAssembly module"))?;
+    // DWARF describes every instruction at one place, and a debugger or a
+    // backtrace's file and line rely on it: a module that carries some (the
+    // engine reads it, see `compile_guest`) keeps its loops as they are.
+    let unroll = !dwarf::carries_dwarf(binary);
+    let scan = scan(binary, unroll).map_err(|e| e.context("invalid WebAssembly module"))?;
     let Plan::Rewrite {
         route,
         export_memory,
@@ -588,6 +592,7 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
     };
     let routed_funcs = if route { ROUTED_FUNCS } else { 0 };
     let mut rewriter = Rewriter {
+        unroll,
         memory: scan.shared_memory,
         route,
         export_memory,
@@ -631,6 +636,8 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
 }
 
 struct Rewriter {
+    /// Whether small inner loops are unrolled ([`unroll`]).
+    unroll: bool,
     /// The routed (imported, 32-bit, shared) memory, if there is one.
     memory: Option<u32>,
     route: bool,
@@ -996,7 +1003,7 @@ impl Reencode for Rewriter {
         let mut i = 0;
         while let Some(op) = ops.get(i) {
             let old = at[i];
-            match unroll::unrolled_end(&ops, i) {
+            match self.unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
                 Some(end) => {
                     self.unrolled_loop(&mut func, &mut moves, &ops[i..=end], &at[i..=end])?;
                     i = end + 1;
@@ -1406,6 +1413,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A module whose DWARF is carried over keeps its loops as they are:
+    /// a debugger expects each instruction at one place.
+    #[test]
+    fn loops_are_unrolled_only_in_modules_without_dwarf() {
+        let engine = Engine::new(&crate::engine_config()).unwrap();
+        let stripped = dwarf::without_unread_dwarf(&engine, C_DEBUG_TRAP);
+        assert!(dwarf::carries_dwarf(C_DEBUG_TRAP));
+        assert!(
+            !dwarf::carries_dwarf(&stripped),
+            "only the empty marker is left"
+        );
+        let count = |module: &[u8], op: &str| {
+            instructions(module)
+                .iter()
+                .filter(|(_, name)| name == op)
+                .count()
+        };
+        let with_dwarf = rewrite(C_DEBUG_TRAP).unwrap().unwrap();
+        let without = rewrite(&stripped).unwrap().unwrap();
+        let loops = count(C_DEBUG_TRAP, "Loop");
+        assert!(loops > 0);
+        // Each check adds one `if`; unrolling adds two blocks per loop.
+        let ifs = |module: &[u8]| count(module, "If") - count(C_DEBUG_TRAP, "If");
+        let added_blocks = |module: &[u8]| count(module, "Block") - count(C_DEBUG_TRAP, "Block");
+        assert_eq!(added_blocks(&with_dwarf), 0);
+        assert_eq!(count(&with_dwarf, "Loop"), loops);
+        let unrolled = added_blocks(&without) / 2;
+        assert!(unrolled > 0, "some of its {loops} loops are small");
+        assert_eq!(count(&without, "Loop"), loops);
+        // Every loop and some entries are checked (the unrolled code weighs
+        // more, and asks for a few entry checks more).
+        assert!(ifs(&with_dwarf) >= loops && ifs(&without) >= ifs(&with_dwarf));
     }
 
     /// What the instruction `op` maps to in the rewritten module: a routed

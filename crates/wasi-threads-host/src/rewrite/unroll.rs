@@ -27,7 +27,10 @@
 //! Every path through the loop passes the check at least every second
 //! iteration, and the code does exactly what the original did.
 //!
-//! Only loops the relabelling covers are unrolled: no nested loops, no
+//! A module that carries DWARF (the engine reads it: file and line in
+//! backtraces, native debuggers) is not unrolled: its line table and
+//! variable locations describe each instruction at one place. Only loops
+//! the relabelling covers are unrolled: no nested loops, no
 //! instruction other than `br`, `br_if` and `br_table` that names a label,
 //! no loop parameters (`$next` would need a type of its own), and branch
 //! depths whose encoded length the shift does not change, so that the two
