@@ -209,7 +209,8 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
                 // A module to rewrite is weighed as the rewrite will write
                 // it, with its small loops unrolled, so that the rewritten
                 // module, verified, asks for the checks it was given.
-                let unroll = unroll && scan.stop_flag.is_none();
+                let unroll =
+                    unroll && scan.stop_flag.is_none() && unroll::function_fits(body.range().len());
                 let mut i = 0;
                 while let Some(op) = ops.get(i) {
                     if let Some(end) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
@@ -1000,10 +1001,11 @@ impl Reencode for Rewriter {
             // first instruction still maps to itself and back.
             self.stop_check(&mut func, &mut moves, body.range().start);
         }
+        let unroll = self.unroll && unroll::function_fits(body.range().len());
         let mut i = 0;
         while let Some(op) = ops.get(i) {
             let old = at[i];
-            match self.unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
+            match unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
                 Some(end) => {
                     self.unrolled_loop(&mut func, &mut moves, &ops[i..=end], &at[i..=end])?;
                     i = end + 1;

@@ -44,6 +44,16 @@ use wasmparser::{BlockType, Operator};
 /// much per loop.
 pub const MAX_BODY: usize = 96;
 
+/// Functions larger than this (in bytes) keep their loops as they are:
+/// unrolled, a function could pass the engine's limit on a function's size
+/// (wasmparser's 7,654,321 bytes), and a valid module would be refused.
+pub const MAX_FUNCTION: usize = 1 << 20;
+
+/// Whether the loops of a function body of `len` bytes may be unrolled.
+pub fn function_fits(len: usize) -> bool {
+    len <= MAX_FUNCTION
+}
+
 /// The labels the unrolled loop adds around the first copy of its body
 /// (`$next`, `$out`) and around the second (`$out`).
 pub const FIRST_COPY_SHIFT: u32 = 2;
