@@ -214,28 +214,11 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
                 let mut i = 0;
                 while let Some(op) = ops.get(i) {
                     if let Some(end) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
-                        let body = &ops[i + 1..end];
-                        let other = checks::Instr {
-                            op: checks::Op::Other,
-                            counts: true,
-                        };
-                        let open = |is_loop| checks::Instr {
-                            op: checks::Op::Open { is_loop },
-                            counts: true,
-                        };
-                        let close = checks::Instr {
-                            op: checks::Op::End,
-                            counts: true,
-                        };
-                        let copy = body.iter().map(|op| checks::Instr {
+                        let body = ops[i + 1..end].iter().map(|op| checks::Instr {
                             op: scan.classify(op),
                             counts: !scan.is_host_call(op),
                         });
-                        instrs.extend([open(false), open(true), open(false)]);
-                        instrs.extend(copy.clone());
-                        instrs.extend([other, close]);
-                        instrs.extend(copy);
-                        instrs.extend([close, close]);
+                        instrs.extend(unroll::as_written(body));
                         i = end + 1;
                         continue;
                     }

@@ -37,6 +37,7 @@
 //! copies are the same bytes apart from those depths and the offset map can
 //! tell the first copy as the second ([`super::OffsetMap`]).
 
+use super::checks::{Instr, Op};
 use wasmparser::{BlockType, Operator};
 
 /// The longest loop body (in instructions) that is unrolled: the check is
@@ -122,6 +123,20 @@ fn shifts_cleanly(labels: impl IntoIterator<Item = u32>, depth: u32) -> bool {
             || k.checked_add(FIRST_COPY_SHIFT)
                 .is_some_and(|first| leb_len(first) == leb_len(k + SECOND_COPY_SHIFT))
     })
+}
+
+/// The instructions of the unrolled loop whose body is `body`, as the
+/// placement of entry checks sees them in the rewritten module (less the
+/// check, which weighs nothing): what a module to rewrite is weighed as.
+pub fn as_written(body: impl Iterator<Item = Instr> + Clone) -> impl Iterator<Item = Instr> {
+    let instr = |op| Instr { op, counts: true };
+    let open = |is_loop| instr(Op::Open { is_loop });
+    [open(false), open(true), open(false)]
+        .into_iter()
+        .chain(body.clone())
+        .chain([instr(Op::Other), instr(Op::End)])
+        .chain(body)
+        .chain([instr(Op::End), instr(Op::End)])
 }
 
 /// The label index `k`, named at `depth` blocks within the body of a loop,
