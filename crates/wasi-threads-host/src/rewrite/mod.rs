@@ -213,7 +213,8 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
                     unroll && scan.stop_flag.is_none() && unroll::function_fits(body.range().len());
                 let mut i = 0;
                 while let Some(op) = ops.get(i) {
-                    if let Some(end) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
+                    if let Some((_, end)) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten()
+                    {
                         let body = ops[i + 1..end].iter().map(|op| checks::Instr {
                             op: scan.classify(op),
                             counts: !scan.is_host_call(op),
@@ -745,23 +746,21 @@ impl Rewriter {
         Ok(())
     }
 
-    /// Emits the loop `ops` (from `loop` to its `end`, at the offsets `at`)
-    /// unrolled: see [`unroll`].
+    /// Emits unrolled (see [`unroll`]) the loop of type `blockty` whose
+    /// `loop` and `end` were at `loop_and_end` and whose body is `body`, its
+    /// instructions at the offsets `at`.
     fn unrolled_loop(
         &mut self,
         func: &mut wasm_encoder::Function,
         moves: &mut offsets::FunctionMoves,
-        ops: &[Operator<'_>],
+        blockty: wasmparser::BlockType,
+        body: &[Operator<'_>],
         at: &[usize],
+        loop_and_end: Range<usize>,
     ) -> Result<(), reencode::Error<std::convert::Infallible>> {
         use wasm_encoder::Instruction as I;
-        let (Some(Operator::Loop { blockty }), Some(&start), Some(&end)) =
-            (ops.first(), at.first(), at.last())
-        else {
-            unreachable!("unroll::unrolled_end gives a loop through its end");
-        };
-        let blockty = self.block_type(*blockty)?;
-        let body = &ops[1..ops.len() - 1];
+        let (start, end) = (loop_and_end.start, loop_and_end.end);
+        let blockty = self.block_type(blockty)?;
         // What the rewrite adds stands for the loop; the loop's own
         // instruction stays what its offset maps back to.
         let added = |func: &mut wasm_encoder::Function, moves: &mut offsets::FunctionMoves, i| {
@@ -773,12 +772,12 @@ impl Rewriter {
         self.stop_check(func, moves, start);
         added(func, moves, I::Block(wasm_encoder::BlockType::Empty));
         let first = func.byte_len();
-        self.copy(func, None, body, &at[1..], unroll::FIRST_COPY_SHIFT)?;
+        self.copy(func, None, body, at, unroll::FIRST_COPY_SHIFT)?;
         let first_end = func.byte_len();
         added(func, moves, I::Br(2));
         added(func, moves, I::End);
         let second = func.byte_len();
-        self.copy(func, Some(moves), body, &at[1..], unroll::SECOND_COPY_SHIFT)?;
+        self.copy(func, Some(moves), body, at, unroll::SECOND_COPY_SHIFT)?;
         debug_assert_eq!(func.byte_len() - second, first_end - first);
         moves.copy(first..first_end, second);
         moves.exact(func.byte_len(), end);
@@ -989,8 +988,18 @@ impl Reencode for Rewriter {
         while let Some(op) = ops.get(i) {
             let old = at[i];
             match unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
-                Some(end) => {
-                    self.unrolled_loop(&mut func, &mut moves, &ops[i..=end], &at[i..=end])?;
+                Some((blockty, end)) => {
+                    let body = i + 1..end;
+                    let (start, end_at) = (at[i], at[end]);
+                    let (body_ops, body_at) = (&ops[body.clone()], &at[body]);
+                    self.unrolled_loop(
+                        &mut func,
+                        &mut moves,
+                        blockty,
+                        body_ops,
+                        body_at,
+                        start..end_at,
+                    )?;
                     i = end + 1;
                     continue;
                 }

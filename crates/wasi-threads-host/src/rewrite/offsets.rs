@@ -267,7 +267,8 @@ impl FunctionMoves {
     }
 }
 
-fn leb_len(mut n: usize) -> usize {
+/// The length of `n` encoded as an unsigned LEB128.
+pub(super) fn leb_len(mut n: usize) -> usize {
     let mut len = 1;
     while n >= 0x80 {
         n >>= 7;

@@ -38,6 +38,7 @@
 //! tell the first copy as the second ([`super::OffsetMap`]).
 
 use super::checks::{Instr, Op};
+use super::offsets::leb_len;
 use wasmparser::{BlockType, Operator};
 
 /// The longest loop body (in instructions) that is unrolled: the check is
@@ -60,8 +61,9 @@ pub fn function_fits(len: usize) -> bool {
 pub const FIRST_COPY_SHIFT: u32 = 2;
 pub const SECOND_COPY_SHIFT: u32 = 1;
 
-/// If the loop at `ops[at]` is unrolled, the index of its `end`.
-pub fn unrolled_end(ops: &[Operator<'_>], at: usize) -> Option<usize> {
+/// If the loop at `ops[at]` is unrolled, its type and the index of its
+/// `end`.
+pub fn unrolled_end(ops: &[Operator<'_>], at: usize) -> Option<(BlockType, usize)> {
     let Some(Operator::Loop { blockty }) = ops.get(at) else {
         return None;
     };
@@ -73,7 +75,7 @@ pub fn unrolled_end(ops: &[Operator<'_>], at: usize) -> Option<usize> {
     let first = at + 1;
     for (i, op) in ops.iter().enumerate().skip(first).take(MAX_BODY + 1) {
         match op {
-            Operator::End if depth == 0 => return (i > first).then_some(i),
+            Operator::End if depth == 0 => return (i > first).then_some((*blockty, i)),
             Operator::End => depth -= 1,
             Operator::Block { .. } | Operator::If { .. } => depth += 1,
             Operator::Br { relative_depth } | Operator::BrIf { relative_depth }
@@ -120,8 +122,9 @@ pub fn unrolled_end(ops: &[Operator<'_>], at: usize) -> Option<usize> {
 fn shifts_cleanly(labels: impl IntoIterator<Item = u32>, depth: u32) -> bool {
     labels.into_iter().all(|k| {
         k <= depth
-            || k.checked_add(FIRST_COPY_SHIFT)
-                .is_some_and(|first| leb_len(first) == leb_len(k + SECOND_COPY_SHIFT))
+            || k.checked_add(FIRST_COPY_SHIFT).is_some_and(|first| {
+                leb_len(first as usize) == leb_len((k + SECOND_COPY_SHIFT) as usize)
+            })
     })
 }
 
@@ -143,15 +146,6 @@ pub fn as_written(body: impl Iterator<Item = Instr> + Clone) -> impl Iterator<It
 /// once `shift` labels enclose the loop's body in its copy.
 pub fn relabel(k: u32, depth: u32, shift: u32) -> u32 {
     if k > depth { k + shift } else { k }
-}
-
-fn leb_len(mut n: u32) -> u32 {
-    let mut len = 1;
-    while n >= 0x80 {
-        n >>= 7;
-        len += 1;
-    }
-    len
 }
 
 #[cfg(test)]
