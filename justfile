@@ -13,10 +13,10 @@ run fixture="wasm-fixtures/rust-threads.wasm":
 fixtures:
     wasm-fixtures/build.sh
 
-# Run the wasi-testsuite conformance corpus with its own runner.
+# Run the wasi-threads conformance tests of wasi-testsuite (vendored in
+# tests/wasi-testsuite/; `tests/wasi-testsuite/refresh.sh` updates them).
 corpus:
-    cargo build --release -p wasi-threads-cli
-    python3 ../shared/corpus/run-corpus.py --runtime "$PWD/target/release/wasi-threads" ../shared/corpus/wasi-testsuite
+    cargo test -p wasi-threads-cli --test corpus
 
 # Print benchmark figures beside native baselines.
 bench:

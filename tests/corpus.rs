@@ -1,6 +1,6 @@
 //! The wasi-threads conformance tests of the WebAssembly wasi-testsuite
-//! (`../shared/corpus/wasi-testsuite`), each run through the CLI as the
-//! corpus runner does: stdin an open pipe, exit code (and stdout/stderr where
+//! (vendored in `tests/wasi-testsuite/`; `refresh.sh` there updates them),
+//! each run through the CLI as the suite's runners do: stdin an open pipe, exit code (and stdout/stderr where
 //! the `.json` gives them) checked.
 
 mod common;

@@ -22,14 +22,10 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
-/// `../shared/corpus/wasi-testsuite`, beside the checkout.
+/// The vendored wasi-threads conformance tests (`tests/wasi-testsuite/`).
 pub fn corpus_dir() -> PathBuf {
-    let dir = root().join("../shared/corpus/wasi-testsuite");
-    assert!(
-        dir.is_dir(),
-        "the conformance corpus must be at {} (../shared beside the checkout)",
-        dir.display()
-    );
+    let dir = root().join("tests").join("wasi-testsuite");
+    assert!(dir.is_dir(), "missing {}", dir.display());
     dir
 }
 
