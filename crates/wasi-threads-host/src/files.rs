@@ -46,6 +46,7 @@
 //! Only regular files on Linux are adopted (checked on first use: for a
 //! FIFO or a device the position means nothing and the context keeps it).
 
+pub(crate) use crate::open_file::{At, OpenFile};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -90,45 +91,6 @@ impl Hasher for FdHasher {
     fn write_u32(&mut self, n: u32) {
         self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
-}
-
-/// One adopted descriptor.
-pub(crate) struct OpenFile {
-    file: Arc<std::fs::File>,
-    state: Mutex<State>,
-    /// Held shared by each read or write at the file description's offset
-    /// while it runs (without `state`), and exclusively by whoever reads
-    /// that offset to hand it to the context, so that the context gets a
-    /// position no such I/O is still about to move.
-    in_flight: RwLock<()>,
-}
-
-struct State {
-    /// `None` until first use, then whether the file is a regular file (and
-    /// so handled here at all); `Some(false)` also once the descriptor is
-    /// given back to the context ([`OpenFile::release`]), for a thread that
-    /// looked it up just before.
-    regular: Option<bool>,
-    append: bool,
-    pos: Pos,
-}
-
-#[derive(Clone, Copy)]
-enum Pos {
-    /// Kept here: before first use, and where the kernel refused the
-    /// position (see the module docs).
-    At(u64),
-    /// The file description's offset.
-    Kernel,
-}
-
-/// Where a read or write goes.
-#[derive(Clone, Copy)]
-pub(crate) enum At {
-    /// The descriptor's position, advanced by the call.
-    Cursor,
-    /// An explicit offset; the position is left alone.
-    Offset(u64),
 }
 
 /// The raw addresses of the file descriptors of the context's open files.
@@ -180,16 +142,10 @@ impl Files {
         let (Some(()), Some(file), 1) = (scanned, added, count) else {
             return;
         };
-        let entry = Arc::new(OpenFile {
+        let entry = Arc::new(OpenFile::new(
             file,
-            state: Mutex::new(State {
-                regular: None,
-                append: fdflags.contains(types::Fdflags::APPEND),
-                // As the context starts every descriptor.
-                pos: Pos::At(0),
-            }),
-            in_flight: RwLock::new(()),
-        });
+            fdflags.contains(types::Fdflags::APPEND),
+        ));
         self.open.write().insert(fd.into(), entry);
     }
 
@@ -199,7 +155,7 @@ impl Files {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn host_file(&self, fd: types::Fd) -> Option<Arc<std::fs::File>> {
         if let Some(open) = self.get(fd) {
-            return Some(open.file.clone());
+            return Some(open.file().clone());
         }
         self.dirs.lock().get(&u32::from(fd)).map(|d| d.dir.clone())
     }
@@ -319,258 +275,75 @@ fn scan(ctx: &mut WasiP1Ctx, mut f: impl FnMut(&Arc<std::fs::File>)) -> Option<(
     Some(())
 }
 
+/// The guest's side of a read or write: its iovecs, as `wasmtime-wasi`
+/// reads them, turned into the one buffer the protocol transfers.
 impl OpenFile {
-    /// Whether this descriptor is handled here; the first call finds out,
-    /// and puts the file description in append mode if the descriptor is.
-    fn ready(&self, state: &mut State) -> bool {
-        if let Some(regular) = state.regular {
-            return regular;
-        }
-        let regular = sys::is_regular(&self.file)
-            && (!state.append || sys::set_append(&self.file, true).is_ok());
-        state.regular = Some(regular);
-        if let (true, Pos::At(pos)) = (regular, state.pos) {
-            state.pos = kernel_or_at(&self.file, pos);
-        }
-        regular
-    }
-
-    /// The current position.
-    fn position(&self) -> Result<u64, types::Error> {
-        let mut state = self.state.lock();
-        let _settled = self.in_flight.write();
-        resolve(&self.file, &mut state)
-    }
-
-    fn set_append(&self, append: bool) {
-        let mut state = self.state.lock();
-        if state.append == append {
-            return;
-        }
-        if state.regular == Some(true) {
-            // `F_SETFL` fails only on a closed descriptor, and this entry
-            // keeps it open. The offset stays where it is.
-            let _ = sys::set_append(&self.file, append);
-        }
-        state.append = append;
-    }
-
-    /// Gives the descriptor back to the context: waits for the I/O at the
-    /// offset still under way, takes the file description out of append
-    /// mode again, as the context left it, and returns the position for the
-    /// context. A thread that looked the descriptor up before it left the
-    /// table finds it not handled here from now on, and goes to the
-    /// context, so no write moves the offset after the position was read.
-    fn release(&self) -> Result<u64, types::Error> {
-        let mut state = self.state.lock();
-        let _settled = self.in_flight.write();
-        let pos = resolve(&self.file, &mut state);
-        if state.regular == Some(true) && state.append {
-            let _ = sys::set_append(&self.file, false);
-        }
-        state.regular = Some(false);
-        pos
-    }
-
-    /// `fd_write` (`At::Cursor`) or `fd_pwrite`, as `wasmtime-wasi` does it
-    /// on a file; `None` if this descriptor is not handled here (the context
-    /// must do it).
-    pub(crate) fn write(
+    /// `fd_write` (`At::Cursor`) or `fd_pwrite`; `None` if this descriptor
+    /// is not handled here (the context must do it).
+    pub(crate) fn guest_write(
         &self,
         memory: &GuestMemory<'_>,
         ciovs: types::CiovecArray,
         at: At,
         fuel: usize,
     ) -> Option<Result<types::Size, types::Error>> {
-        let mut state = self.state.lock();
-        if !self.ready(&mut state) {
-            return None;
-        }
-        Some(self.write_ready(&mut state, memory, ciovs, at, fuel))
+        let n = self.write(at, || {
+            Ok(raw(memory, first_non_empty(memory, ciovs, fuel)?)?)
+        })?;
+        Some(n.and_then(|n| Ok(n.try_into()?)))
     }
 
-    fn write_ready(
+    /// `fd_read`; `None` if not handled here.
+    pub(crate) fn guest_read(
         &self,
-        state: &mut parking_lot::MutexGuard<'_, State>,
         memory: &GuestMemory<'_>,
-        ciovs: types::CiovecArray,
-        at: At,
+        iovs: types::IovecArray,
         fuel: usize,
-    ) -> Result<types::Size, types::Error> {
-        let buf = first_non_empty(memory, ciovs, fuel)?;
-        let (ptr, len) = raw(memory, buf)?;
-        let append = state.append;
-        let n = match (append, at, state.pos) {
-            (true, At::Cursor, _) | (false, At::Cursor, Pos::Kernel) => {
-                // The kernel appends, or writes at and advances the offset,
-                // atomically: no need to keep other threads of this
-                // descriptor out meanwhile. Taken before `state` is let go,
-                // and let go before it is taken again (see `in_flight`).
-                let io = self.in_flight.read();
-                let n = parking_lot::MutexGuard::unlocked(state, move || {
-                    // SAFETY: `ptr..ptr+len` lies in the guest's memory (checked
-                    // by `raw`), which `memory` keeps mapped for this call.
-                    let n = unsafe { sys::write(&self.file, ptr, len) };
-                    drop(io);
-                    n
-                })
-                .map_err(io_error)?;
-                if append {
-                    state.pos = if len == 0 {
-                        // A write of nothing leaves the offset alone; the
-                        // context puts the position at the end of the file.
-                        let end = sys::size(&self.file).map_err(io_error)?;
-                        kernel_or_at(&self.file, end)
-                    } else {
-                        Pos::Kernel
-                    };
-                }
-                n
-            }
-            (_, At::Offset(offset), _) => {
-                // Linux `pwrite` on an append file description appends and
-                // leaves its offset alone, as the context's `pwritev2` does.
-                // SAFETY: as above.
-                unsafe { sys::write_at(&self.file, ptr, len, offset) }.map_err(io_error)?
-            }
-            (false, At::Cursor, Pos::At(pos)) => {
-                // SAFETY: as above.
-                let n = unsafe { sys::write_at(&self.file, ptr, len, pos) }.map_err(io_error)?;
-                let pos = pos.checked_add(n as u64).ok_or(types::Errno::Overflow)?;
-                state.pos = Pos::At(pos);
-                n
-            }
-        };
-        Ok(n.try_into()?)
+    ) -> Option<Result<types::Size, types::Error>> {
+        let n = self.read(|| {
+            let (ptr, len) = raw(memory, first_non_empty(memory, iovs, fuel)?)?;
+            Ok((ptr.cast_mut(), len))
+        })?;
+        Some(n.and_then(|n| Ok(n.try_into()?)))
     }
 
-    /// `fd_pread`, as `wasmtime-wasi` does it on a file; `None` if this
-    /// descriptor is not handled here. The position is neither used nor
-    /// moved, so nothing is held across the read.
-    pub(crate) fn pread(
+    /// `fd_pread`; `None` if not handled here.
+    pub(crate) fn guest_pread(
         &self,
         memory: &GuestMemory<'_>,
         iovs: types::IovecArray,
         offset: u64,
         fuel: usize,
     ) -> Option<Result<types::Size, types::Error>> {
-        if !self.ready(&mut self.state.lock()) {
-            return None;
-        }
-        Some((|| {
-            let buf = first_non_empty(memory, iovs, fuel)?;
-            let (ptr, len) = raw(memory, buf)?;
-            // SAFETY: as for `read`.
-            let n = unsafe { sys::read_at(&self.file, ptr.cast_mut(), len, offset) }
-                .map_err(io_error)?;
-            Ok(n.try_into()?)
-        })())
+        let n = self.pread(offset, || {
+            let (ptr, len) = raw(memory, first_non_empty(memory, iovs, fuel)?)?;
+            Ok((ptr.cast_mut(), len))
+        })?;
+        Some(n.and_then(|n| Ok(n.try_into()?)))
     }
 
-    /// `fd_read`, as `wasmtime-wasi` does it on a file; `None` if this
-    /// descriptor is not handled here.
-    pub(crate) fn read(
-        &self,
-        memory: &GuestMemory<'_>,
-        iovs: types::IovecArray,
-        fuel: usize,
-    ) -> Option<Result<types::Size, types::Error>> {
-        let mut state = self.state.lock();
-        if !self.ready(&mut state) {
-            return None;
-        }
-        Some((|| {
-            let buf = first_non_empty(memory, iovs, fuel)?;
-            let (ptr, len) = raw(memory, buf)?;
-            let ptr = ptr.cast_mut();
-            let n = match state.pos {
-                Pos::Kernel => {
-                    // As for writes at the offset.
-                    let io = self.in_flight.read();
-                    parking_lot::MutexGuard::unlocked(&mut state, move || {
-                        // SAFETY: as for writes; the kernel writes into the
-                        // guest's memory, which may race with the guest's
-                        // own accesses as any write to shared memory may.
-                        let n = unsafe { sys::read(&self.file, ptr, len) };
-                        drop(io);
-                        n
-                    })
-                    .map_err(io_error)?
-                }
-                Pos::At(pos) => {
-                    // SAFETY: as above.
-                    let n = unsafe { sys::read_at(&self.file, ptr, len, pos) }.map_err(io_error)?;
-                    let pos = pos.checked_add(n as u64).ok_or(types::Errno::Overflow)?;
-                    state.pos = Pos::At(pos);
-                    n
-                }
-            };
-            Ok(n.try_into()?)
-        })())
-    }
-
-    /// `fd_seek`, as the context does it; `None` if not handled here.
-    pub(crate) fn seek(
+    /// `fd_seek`; `None` if not handled here.
+    pub(crate) fn guest_seek(
         &self,
         offset: types::Filedelta,
         whence: types::Whence,
     ) -> Option<Result<types::Filesize, types::Error>> {
-        let mut state = self.state.lock();
-        if !self.ready(&mut state) {
-            return None;
-        }
-        Some((|| {
-            let pos = match whence {
-                types::Whence::Set if offset >= 0 => offset as u64,
-                types::Whence::Cur => resolve(&self.file, &mut state)?
-                    .checked_add_signed(offset)
-                    .ok_or(types::Errno::Inval)?,
-                types::Whence::End => sys::size(&self.file)
-                    .map_err(io_error)?
-                    .checked_add_signed(offset)
-                    .ok_or(types::Errno::Inval)?,
-                _ => return Err(types::Errno::Inval.into()),
-            };
-            state.pos = kernel_or_at(&self.file, pos);
-            Ok(pos)
-        })())
+        use crate::open_file::Whence;
+        self.seek(
+            offset,
+            match whence {
+                types::Whence::Set => Whence::Set,
+                types::Whence::Cur => Whence::Cur,
+                types::Whence::End => Whence::End,
+            },
+        )
     }
-
-    /// `fd_tell`; `None` if not handled here.
-    pub(crate) fn tell(&self) -> Option<Result<types::Filesize, types::Error>> {
-        let mut state = self.state.lock();
-        if !self.ready(&mut state) {
-            return None;
-        }
-        Some(resolve(&self.file, &mut state))
-    }
-}
-
-fn resolve(file: &std::fs::File, state: &mut State) -> Result<u64, types::Error> {
-    match state.pos {
-        Pos::At(pos) => Ok(pos),
-        Pos::Kernel => sys::offset(file).map_err(io_error),
-    }
-}
-
-/// Moves the file description's offset to `pos` and lets it be the
-/// position, or keeps `pos` here if the kernel refuses it.
-fn kernel_or_at(file: &std::fs::File, pos: u64) -> Pos {
-    match sys::seek(file, pos) {
-        Ok(()) => Pos::Kernel,
-        Err(_) => Pos::At(pos),
-    }
-}
-
-/// The errno `wasmtime-wasi` gives for a failed read or write of a file.
-fn io_error(e: std::io::Error) -> types::Error {
-    wasmtime_wasi::p2::StreamError::LastOperationFailed(e.into()).into()
 }
 
 /// The first non-empty buffer of `iovs` (or an empty one), charging `fuel`
 /// for the array and the buffer as `wasmtime-wasi` does: a guest's count
 /// past the fuel is `ENOMEM`, before anything is read.
-fn first_non_empty<T: Buffer>(
+pub(crate) fn first_non_empty<T: Buffer>(
     memory: &GuestMemory<'_>,
     iovs: GuestPtr<[T]>,
     fuel: usize,
@@ -618,7 +391,7 @@ fn unreachable_region(start: usize, len: usize) -> Result<*const u8, GuestError>
 }
 
 /// A guest buffer descriptor: `iovec` (reads) or `ciovec` (writes).
-trait Buffer: GuestType {
+pub(crate) trait Buffer: GuestType {
     fn buffer(self) -> GuestPtr<[u8]>;
 }
 
@@ -631,170 +404,6 @@ impl Buffer for types::Iovec {
 impl Buffer for types::Ciovec {
     fn buffer(self) -> GuestPtr<[u8]> {
         self.buf.as_array(self.buf_len)
-    }
-}
-
-#[cfg(target_os = "linux")]
-mod sys {
-    use std::io;
-    use std::os::fd::AsRawFd;
-
-    fn check(r: isize) -> io::Result<usize> {
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
-    }
-
-    /// `write(2)` of `len` bytes at `ptr`.
-    ///
-    /// # Safety
-    /// `ptr..ptr+len` must be readable memory for the duration of the call.
-    pub(super) unsafe fn write(
-        file: &std::fs::File,
-        ptr: *const u8,
-        len: usize,
-    ) -> io::Result<usize> {
-        // SAFETY: the caller's promise; the kernel only reads the range.
-        check(unsafe { libc::write(file.as_raw_fd(), ptr.cast(), len) })
-    }
-
-    /// `pwrite(2)`.
-    ///
-    /// # Safety
-    /// As [`write`].
-    pub(super) unsafe fn write_at(
-        file: &std::fs::File,
-        ptr: *const u8,
-        len: usize,
-        offset: u64,
-    ) -> io::Result<usize> {
-        let offset =
-            i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: as `write`.
-        check(unsafe { libc::pwrite(file.as_raw_fd(), ptr.cast(), len, offset) })
-    }
-
-    /// `pread(2)`.
-    ///
-    /// # Safety
-    /// `ptr..ptr+len` must be writable memory for the duration of the call.
-    pub(super) unsafe fn read_at(
-        file: &std::fs::File,
-        ptr: *mut u8,
-        len: usize,
-        offset: u64,
-    ) -> io::Result<usize> {
-        let offset =
-            i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the caller's promise; the kernel only writes the range.
-        check(unsafe { libc::pread(file.as_raw_fd(), ptr.cast(), len, offset) })
-    }
-
-    /// `read(2)` at the file description's offset.
-    ///
-    /// # Safety
-    /// `ptr..ptr+len` must be writable memory for the duration of the call.
-    pub(super) unsafe fn read(file: &std::fs::File, ptr: *mut u8, len: usize) -> io::Result<usize> {
-        // SAFETY: the caller's promise; the kernel only writes the range.
-        check(unsafe { libc::read(file.as_raw_fd(), ptr.cast(), len) })
-    }
-
-    /// Moves the file description's offset to `pos`.
-    pub(super) fn seek(file: &std::fs::File, pos: u64) -> io::Result<()> {
-        let pos = i64::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: no memory is passed.
-        if unsafe { libc::lseek(file.as_raw_fd(), pos, libc::SEEK_SET) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// The file description's offset.
-    pub(super) fn offset(file: &std::fs::File) -> io::Result<u64> {
-        // SAFETY: no memory is passed.
-        let r = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_CUR) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as u64)
-        }
-    }
-
-    pub(super) fn size(file: &std::fs::File) -> io::Result<u64> {
-        Ok(file.metadata()?.len())
-    }
-
-    pub(super) fn is_regular(file: &std::fs::File) -> bool {
-        file.metadata().is_ok_and(|m| m.file_type().is_file())
-    }
-
-    pub(super) fn set_append(file: &std::fs::File, append: bool) -> io::Result<()> {
-        let fd = file.as_raw_fd();
-        // SAFETY: no memory is passed.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let flags = if append {
-            flags | libc::O_APPEND
-        } else {
-            flags & !libc::O_APPEND
-        };
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-/// Elsewhere no descriptor is adopted ([`Files::snapshot`] is `None`), so
-/// none of these is called.
-#[cfg(not(target_os = "linux"))]
-mod sys {
-    use std::io;
-
-    fn unsupported() -> io::Error {
-        io::Error::from(io::ErrorKind::Unsupported)
-    }
-    pub(super) unsafe fn write(_: &std::fs::File, _: *const u8, _: usize) -> io::Result<usize> {
-        Err(unsupported())
-    }
-    pub(super) unsafe fn write_at(
-        _: &std::fs::File,
-        _: *const u8,
-        _: usize,
-        _: u64,
-    ) -> io::Result<usize> {
-        Err(unsupported())
-    }
-    pub(super) unsafe fn read_at(
-        _: &std::fs::File,
-        _: *mut u8,
-        _: usize,
-        _: u64,
-    ) -> io::Result<usize> {
-        Err(unsupported())
-    }
-    pub(super) unsafe fn read(_: &std::fs::File, _: *mut u8, _: usize) -> io::Result<usize> {
-        Err(unsupported())
-    }
-    pub(super) fn seek(_: &std::fs::File, _: u64) -> io::Result<()> {
-        Err(unsupported())
-    }
-    pub(super) fn offset(_: &std::fs::File) -> io::Result<u64> {
-        Err(unsupported())
-    }
-    pub(super) fn size(file: &std::fs::File) -> io::Result<u64> {
-        Ok(file.metadata()?.len())
-    }
-    pub(super) fn is_regular(_: &std::fs::File) -> bool {
-        false
-    }
-    pub(super) fn set_append(_: &std::fs::File, _: bool) -> io::Result<()> {
-        Err(unsupported())
     }
 }
 
@@ -1225,7 +834,10 @@ mod tests {
         // the offset behind the context's back.
         for file in &stale {
             let ciovs = iov(memory, b"lost");
-            assert!(file.write(memory, ciovs, super::At::Cursor, FUEL).is_none());
+            assert!(
+                file.guest_write(memory, ciovs, super::At::Cursor, FUEL)
+                    .is_none()
+            );
             assert!(file.tell().is_none());
         }
         // The context has them back: the next writes go where it says.

@@ -40,6 +40,7 @@ mod files;
 mod interrupt;
 mod lifecycle;
 mod memory;
+mod open_file;
 mod pool;
 mod program;
 mod readdir;
@@ -82,5 +83,6 @@ pub use wasi::SharedWasi;
 #[doc(hidden)]
 pub mod model_check {
     pub use crate::lifecycle::{Cause, Closed, Lifecycle, Phase};
+    pub use crate::open_file::{At, Description, OpenFile, Whence};
     pub use crate::pool::IdleCount;
 }

@@ -1,20 +1,22 @@
 //! The synchronisation primitives of the lifecycle core ([`crate::lifecycle`]
-//! and the pool's idle count), in one place so that the `model-check` feature
-//! can swap them for `loom`'s and model-check the protocol
-//! (`tests/lifecycle_model.rs`) without rebuilding anything else.
+//! and the pool's idle count) and of an adopted file's protocol
+//! ([`crate::open_file`]), in one place so that the `model-check` feature
+//! can swap them for `loom`'s and model-check the protocols
+//! (`tests/lifecycle_model.rs`, `tests/files_model.rs`) without rebuilding
+//! anything else.
 //!
 //! With `model-check` on, these types only work inside `loom::model`: build
 //! with the feature only to run the model checks.
 
 #[cfg(not(feature = "model-check"))]
 pub(crate) use std::sync::{
-    Condvar, Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicUsize, Ordering},
 };
 
 #[cfg(feature = "model-check")]
 pub(crate) use loom::sync::{
-    Condvar, Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicUsize, Ordering},
 };
 
@@ -24,5 +26,16 @@ pub(crate) use loom::sync::{
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Read-locks `lock`, ignoring poisoning (as [`lock`]).
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Write-locks `lock`, ignoring poisoning (as [`lock`]).
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -1089,7 +1089,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         offset: types::Filedelta,
         whence: types::Whence,
     ) -> Result<types::Filesize, types::Error> {
-        file_or_ctx!(self, fd, |f| f.seek(offset, whence),
+        file_or_ctx!(self, fd, |f| f.guest_seek(offset, whence),
             ctx => ctx.fd_seek(memory, fd, offset, whence))
     }
 
@@ -1120,7 +1120,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
     ) -> Result<types::Size, types::Error> {
         let fuel = self.hostcall_fuel;
         let at = At::Offset(offset);
-        file_or_ctx!(self, fd, |f| f.write(memory, ciovs, at, fuel),
+        file_or_ctx!(self, fd, |f| f.guest_write(memory, ciovs, at, fuel),
             ctx => ctx.fd_pwrite(memory, fd, ciovs, offset))
     }
 
@@ -1237,7 +1237,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         }
         let fuel = self.hostcall_fuel;
         let at = At::Cursor;
-        file_or_ctx!(self, fd, |f| f.write(memory, ciovs, at, fuel),
+        file_or_ctx!(self, fd, |f| f.guest_write(memory, ciovs, at, fuel),
             ctx => ctx.fd_write(memory, fd, ciovs))
     }
 
@@ -1262,7 +1262,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
             return locked!(self, ctx => ctx.fd_read(memory, fd, iovs));
         }
         let fuel = self.hostcall_fuel;
-        file_or_ctx!(self, fd, |f| f.read(memory, iovs, fuel), ctx => ctx.fd_read(memory, fd, iovs))
+        file_or_ctx!(self, fd, |f| f.guest_read(memory, iovs, fuel), ctx => ctx.fd_read(memory, fd, iovs))
     }
 
     async fn fd_pread(
@@ -1273,7 +1273,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         offset: types::Filesize,
     ) -> Result<types::Size, types::Error> {
         let fuel = self.hostcall_fuel;
-        file_or_ctx!(self, fd, |f| f.pread(memory, iovs, offset, fuel),
+        file_or_ctx!(self, fd, |f| f.guest_pread(memory, iovs, offset, fuel),
             ctx => ctx.fd_pread(memory, fd, iovs, offset))
     }
 
