@@ -18,10 +18,14 @@
 //! - a helper thread does the blocking open of it (through
 //!   `/proc/self/fd`), while the guest thread waits for the helper or for
 //!   the program's stop;
-//! - once the other end is there, a descriptor of the opposite direction,
-//!   opened without blocking, keeps a partner present (a FIFO with a reader
-//!   and a writer opens at once) while the context opens the FIFO as it
-//!   always did, and is closed right after. What the guest then sees is
+//! - once the other end is there, two descriptors are held while the
+//!   context opens the FIFO as it always did, and closed right after: the
+//!   helper's own, of the guest's direction, so that the FIFO has an end of
+//!   that direction from the moment the other party's open returns (without
+//!   it, a reader would see end of file, or a writer `EPIPE`, in the moment
+//!   before the context's open), and one of the opposite direction, opened
+//!   without blocking, so that the context's open finds a partner even if
+//!   the other party has closed again meanwhile. What the guest then sees is
 //!   what it would have seen had its own open returned when the other end
 //!   came: the other end's data, its end of file, `EPIPE`;
 //! - on a stop, the helper's open is ended the same way (the opposite end
@@ -99,10 +103,17 @@ impl End {
     }
 }
 
+/// The ends of a FIFO held open across the context's open of it (see the
+/// module docs); dropped once that open has returned.
+pub(crate) struct Held {
+    _ours: OwnedFd,
+    _partner: Option<OwnedFd>,
+}
+
 /// If `path` (relative to the directory `dir`, symlinks followed as
 /// `follow` says) names a FIFO, waits until an open of its `end` would not
-/// block, and returns the descriptor that keeps it so: hold it across the
-/// context's open, then drop it. `Ok(None)`: nothing to wait for (not a
+/// block, and returns the descriptors that keep it so: hold them across the
+/// context's open, then drop them. `Ok(None)`: nothing to wait for (not a
 /// FIFO, or anything failed: the context's own open then answers, errors
 /// included). `Err(Stopped)`: the program stopped first.
 ///
@@ -116,7 +127,7 @@ pub(crate) async fn wait_for_other_end(
     follow: bool,
     end: End,
     stop: &StopSignal,
-) -> Result<Option<OwnedFd>, Stopped> {
+) -> Result<Option<Held>, Stopped> {
     let nofollow = if follow {
         AtFlags::empty()
     } else {
@@ -149,9 +160,12 @@ pub(crate) async fn wait_for_other_end(
     match stop.race(&mut opened).await {
         Ok(opened) => {
             let _ = helper.join();
-            // The other end is there: keep a partner while the context opens.
+            // The other end is there: keep both ends while the context opens.
             Ok(match opened {
-                Ok(Ok(_ours)) => open_nonblocking(&proc, end.opposite()).ok(),
+                Ok(Ok(ours)) => Some(Held {
+                    _partner: open_nonblocking(&proc, end.opposite()).ok(),
+                    _ours: ours,
+                }),
                 _ => None,
             })
         }

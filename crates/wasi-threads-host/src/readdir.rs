@@ -200,6 +200,13 @@ mod linux {
         let mut known = IDENTITIES.lock();
         // Forget the directories closed since.
         known.retain(|(dir, _)| dir.strong_count() > 0);
+        // The table does not tell which entry is `fd`'s, only which are this
+        // directory: several may be (a directory preopened twice, or opened
+        // again through a path), each with permissions of its own (what
+        // `path_open` through it may do; the listing and stats are the same
+        // through any). Any of them serves only if all agree on those; else
+        // the context answers.
+        let mut found: Option<wasmtime_wasi::filesystem::Dir> = None;
         for (i, entry) in ctx.ctx().table.iter_mut().enumerate() {
             if i >= MAX_SCAN {
                 return None;
@@ -208,10 +215,14 @@ mod linux {
             if let Some(Descriptor::Dir(dir)) = entry.downcast_ref::<Descriptor>()
                 && identity(&mut known, &dir.dir)? == stat.ino
             {
-                return Some((dir.clone(), stat.ino));
+                match &found {
+                    None => found = Some(dir.clone()),
+                    Some(first) if first.perms == dir.perms => {}
+                    Some(_) => return None,
+                }
             }
         }
-        None
+        found.map(|dir| (dir, stat.ino))
     }
 
     /// The identity hash of every open directory looked at, so that each is

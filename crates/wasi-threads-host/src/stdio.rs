@@ -35,7 +35,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 /// Most bytes queued for one destination. A writer waits for room beyond it,
-/// so a stuck reader costs at most this much memory.
+/// so a stuck reader costs at most this much memory, or one write's bytes
+/// if a single write is larger (those are in memory already).
 const QUEUE_BYTES: usize = 1 << 20;
 
 /// An output destination (stdout, stderr, or any writer) that the threads of
@@ -97,6 +98,10 @@ struct State {
     raw_error: Option<i32>,
     closed: bool,
     wakers: Vec<Waker>,
+    /// The writers waiting for room, in the order they came; only the first
+    /// may queue its bytes, and no new writer goes before them.
+    waiting: VecDeque<u64>,
+    next_turn: u64,
     /// The destination, until the pump thread takes it.
     sink: Option<Box<dyn Write + Send>>,
 }
@@ -186,6 +191,8 @@ impl SharedOutput {
                 raw_error: None,
                 closed: false,
                 wakers: Vec::new(),
+                waiting: VecDeque::new(),
+                next_turn: 0,
                 sink: Some(sink),
             }),
             work: Condvar::new(),
@@ -202,41 +209,56 @@ impl SharedOutput {
     }
 
     /// Queues `bytes` and resolves once the pump has written them (or failed
-    /// to). Waits for room in the queue first. Dropping the future before it
-    /// resolves leaves the bytes queued: they are still written, in order.
+    /// to). The bytes are queued whole, never interleaved with another
+    /// write's: once they fit beside what is queued (or nothing is), and
+    /// after every writer that waited for room before them. Dropping the
+    /// future leaves the bytes written in order once queued, and not at all
+    /// before.
     pub(crate) async fn write(&self, mut bytes: Bytes) -> Result<(), WriteFailed> {
+        let mut turn = Turn {
+            inner: &self.inner,
+            waiting: None,
+        };
         let mut ticket = None;
         std::future::poll_fn(|cx| {
             let mut state = self.inner.state.lock();
             if let Some(failed) = state.failed() {
                 return Poll::Ready(Err(failed));
             }
-            if ticket.is_none() && state.done == state.submitted {
-                // Nothing queued or being written: writing here keeps the
-                // order, and the state lock keeps other writers out.
-                if let Err(failed) = self.write_directly(&mut state, &mut bytes) {
-                    return Poll::Ready(Err(failed));
+            if ticket.is_none() {
+                let first = match turn.waiting {
+                    Some(mine) => state.waiting.front() == Some(&mine),
+                    None => state.waiting.is_empty(),
+                };
+                if first && state.done == state.submitted {
+                    // Nothing queued or being written: writing here keeps
+                    // the order, and the state lock keeps other writers out.
+                    if let Err(failed) = self.write_directly(&mut state, &mut bytes) {
+                        return Poll::Ready(Err(failed));
+                    }
+                    if bytes.is_empty() {
+                        turn.served(&mut state);
+                        return Poll::Ready(Ok(()));
+                    }
                 }
-                if bytes.is_empty() {
-                    return Poll::Ready(Ok(()));
+                let fits = state.queued_bytes == 0
+                    || state.queued_bytes.saturating_add(bytes.len()) <= QUEUE_BYTES;
+                if first && fits {
+                    state.push(std::mem::take(&mut bytes));
+                    ticket = Some(state.submitted);
+                    turn.served(&mut state);
+                    self.inner.work.notify_one();
+                } else {
+                    if turn.waiting.is_none() {
+                        let mine = state.next_turn;
+                        state.next_turn += 1;
+                        state.waiting.push_back(mine);
+                        turn.waiting = Some(mine);
+                    }
+                    state.register(cx.waker());
+                    self.start_pump(&mut state);
+                    return Poll::Pending;
                 }
-            }
-            // Queue what fits; an empty queue always takes a whole write so
-            // that one large write cannot wait forever.
-            while !bytes.is_empty() {
-                let room = QUEUE_BYTES.saturating_sub(state.queued_bytes);
-                if room == 0 {
-                    break;
-                }
-                let chunk = bytes.split_to(bytes.len().min(room));
-                state.push(chunk);
-                ticket = Some(state.submitted);
-                self.inner.work.notify_one();
-            }
-            if !bytes.is_empty() {
-                state.register(cx.waker());
-                self.start_pump(&mut state);
-                return Poll::Pending;
             }
             match ticket {
                 Some(ticket) if state.done < ticket => {
@@ -354,6 +376,33 @@ impl SharedOutput {
                 state.raw_error = e.raw_os_error();
                 state.wake_all();
             }
+        }
+    }
+}
+
+/// A writer's place among those waiting for room in the queue; given up
+/// when its write is queued, or when the write is dropped unqueued (a
+/// stopped thread), so that the writers after it go on.
+struct Turn<'a> {
+    inner: &'a Inner,
+    waiting: Option<u64>,
+}
+
+impl Turn<'_> {
+    fn served(&mut self, state: &mut State) {
+        if let Some(mine) = self.waiting.take() {
+            state.waiting.retain(|&t| t != mine);
+            // The next in line may fit now.
+            state.wake_all();
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.waiting.is_some() {
+            let mut state = self.inner.state.lock();
+            self.served(&mut state);
         }
     }
 }
@@ -614,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_write_is_split_and_completes() {
+    fn a_large_write_completes() {
         let (mut reader, writer) = std::io::pipe().unwrap();
         let out = SharedOutput::from_writer(writer);
         let reading = std::thread::spawn(move || {

@@ -59,10 +59,6 @@ use wasmtime_wasi::random::WasiRandomCtx;
 use wasmtime_wasi::{ResourceTable, WasiCtxBuilder, WasiView as _};
 use wiggle::{GuestMemory, GuestPtr, GuestType};
 
-/// Most bytes one `fd_write` to a [`SharedOutput`] gathers from its iovecs;
-/// the rest is a short write, as POSIX allows, and the guest writes again.
-const MAX_GATHER: usize = 1 << 20;
-
 /// Longest path `path_open` looks at before the context opens it (Linux's
 /// `PATH_MAX`: longer ones fail with `ENAMETOOLONG` anyway).
 #[cfg(target_os = "linux")]
@@ -436,13 +432,6 @@ impl SharedWasi {
         }
     }
 
-    fn note_fd_replaced(&self, fd: types::Fd) {
-        let fd: u32 = fd.into();
-        if fd <= 2 {
-            self.stdio_moved.fetch_or(1 << fd, Ordering::AcqRel);
-        }
-    }
-
     /// Runs `f` on the context. Holding it stalls every other thread's WASI
     /// calls, so keep `f` short. It waits for the context like a guest
     /// thread's call does, but not for the program's stop: a thread blocked
@@ -545,7 +534,7 @@ impl SharedWasi {
         oflags: types::Oflags,
         base: types::Rights,
         fdflags: types::Fdflags,
-    ) -> Result<Option<std::os::fd::OwnedFd>, types::Error> {
+    ) -> Result<Option<crate::fifo::Held>, types::Error> {
         let Some(end) = crate::fifo::End::of(oflags, base, fdflags) else {
             return Ok(None);
         };
@@ -697,6 +686,15 @@ impl SharedWasi {
     }
 }
 
+/// `fd` (0, 1 or 2) no longer is the stream [`SharedWasi`] was given; call
+/// under the context's lock, in the call that changed it.
+fn note_fd_replaced(moved: &AtomicU8, fd: types::Fd) {
+    let fd: u32 = fd.into();
+    if fd <= 2 {
+        moved.fetch_or(1 << fd, Ordering::AcqRel);
+    }
+}
+
 /// How long a thread waiting for the shared context goes without looking at
 /// the stop signal: the most a stopped program's threads that wait for a
 /// context held by a blocked thread take to leave.
@@ -714,42 +712,6 @@ fn check_array<T: GuestType>(
         .ok_or(wiggle::GuestError::PtrOverflow)?;
     memory.as_slice(GuestPtr::<[u8]>::new((ptr.offset(), bytes)))?;
     Ok(())
-}
-
-/// Copies the bytes of `ciovs` out of guest memory, at most [`MAX_GATHER`]
-/// of them, charging `fuel` for the iovec array as `wasmtime-wasi` does.
-fn gather(
-    memory: &GuestMemory<'_>,
-    ciovs: types::CiovecArray,
-    fuel: usize,
-) -> Result<Vec<u8>, types::Error> {
-    let array_bytes = usize::try_from(ciovs.len())
-        .ok()
-        .and_then(|n| n.checked_mul(types::Ciovec::guest_size() as usize))
-        .ok_or(types::Errno::Overflow)?;
-    if array_bytes > fuel {
-        return Err(types::Errno::Nomem.into());
-    }
-    let mut bytes = Vec::new();
-    for ciov in ciovs.iter() {
-        let ciov = memory.read(ciov?)?;
-        if ciov.buf_len == 0 {
-            continue;
-        }
-        let room = MAX_GATHER - bytes.len();
-        let len = (ciov.buf_len as usize).min(room) as u32;
-        let buf = ciov.buf.as_array(len);
-        if bytes.is_empty() {
-            // The common case, one buffer: one copy.
-            bytes = memory.to_vec(buf)?;
-        } else {
-            bytes.extend_from_slice(&memory.as_cow(buf)?);
-        }
-        if bytes.len() == MAX_GATHER {
-            break;
-        }
-    }
-    Ok(bytes)
 }
 
 /// The errno for a failed write to a [`SharedOutput`].
@@ -1055,7 +1017,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
     ) -> Result<types::Fd, types::Error> {
         // A FIFO's open waits for its other end here, not in the context.
         #[cfg(target_os = "linux")]
-        let _partner = self
+        let _held = self
             .wait_for_fifo(memory, dirfd, dirflags, path, oflags, base, fdflags)
             .await?;
         let files = self.files.clone();
@@ -1224,7 +1186,10 @@ impl WasiSnapshotPreview1 for SharedWasi {
             // Straight to the output's pump, without the context: a stuck
             // reader must stall only this thread, and only until it stops.
             let output = output.clone();
-            let bytes = gather(memory, ciovs, self.hostcall_fuel)?;
+            // As the context writes to a stream: the first non-empty
+            // buffer, whole, its bytes charged to the host-call fuel.
+            let buf = crate::files::first_non_empty(memory, ciovs, self.hostcall_fuel)?;
+            let bytes = memory.to_vec(buf)?;
             let n = bytes.len() as types::Size;
             if n == 0 {
                 return Ok(0);
@@ -1283,15 +1248,15 @@ impl WasiSnapshotPreview1 for SharedWasi {
         fd: types::Fd,
     ) -> Result<(), types::Error> {
         let files = self.files.clone();
-        let result = locked!(self, ctx => async {
+        let moved = self.stdio_moved.clone();
+        // The fd table changes under the context's lock: so does what this
+        // crate keeps of it, before any other thread can reuse `fd`.
+        locked!(self, ctx => async {
             ctx.fd_close(memory, fd).await?;
             files.closed(fd);
+            note_fd_replaced(&moved, fd);
             Ok(())
-        });
-        if result.is_ok() {
-            self.note_fd_replaced(fd);
-        }
-        result
+        })
     }
 
     async fn fd_renumber(
@@ -1301,18 +1266,16 @@ impl WasiSnapshotPreview1 for SharedWasi {
         to: types::Fd,
     ) -> Result<(), types::Error> {
         let files = self.files.clone();
-        let result = locked!(self, ctx => async {
+        let moved = self.stdio_moved.clone();
+        locked!(self, ctx => async {
             ctx.fd_renumber(memory, from, to).await?;
             if from != to {
                 files.renumbered(from, to);
             }
+            note_fd_replaced(&moved, to);
+            note_fd_replaced(&moved, from);
             Ok(())
-        });
-        if result.is_ok() {
-            self.note_fd_replaced(to);
-            self.note_fd_replaced(from);
-        }
-        result
+        })
     }
 
     fn proc_exit(
