@@ -147,13 +147,20 @@ impl Lifecycle {
     /// thread that set it may not have got that far yet); does nothing once
     /// the program is joined.
     pub fn stop(&self) {
-        {
+        let first = {
             let mut state = lock(&self.state);
             match state.phase {
                 Phase::Joined => return,
-                Phase::Stopping => {}
-                Phase::Instantiating | Phase::Running => state.phase = Phase::Stopping,
+                Phase::Stopping => false,
+                Phase::Instantiating | Phase::Running => {
+                    state.phase = Phase::Stopping;
+                    true
+                }
             }
+        };
+        if first {
+            // Outside the lock: a slow stderr must not hold up the others.
+            log::debug!("stopping every thread");
         }
         (self.fan_out)();
         self.changed.notify_all();

@@ -111,13 +111,15 @@ impl<T: Clone + Send + 'static> Shared<T> {
     /// The body of `thread-spawn`: the new thread's TID, or a negative errno.
     fn spawn(self: &Arc<Self>, data: T, start_arg: i32) -> Result<i32> {
         if let Some(why) = &self.entry_error {
-            log::warn!("thread-spawn refused: {why}");
+            // The guest is told (ENOSYS); nothing for the user's stderr.
+            log::debug!("thread-spawn refused: {why}");
             return Ok(-ENOSYS);
         }
         let tid = match self.tids.allocate() {
             Ok(tid) => tid,
             Err(AllocError::LimitReached) => {
-                log::warn!(
+                // The guest is told (EAGAIN), as by a failed `pthread_create`.
+                log::debug!(
                     "thread-spawn refused: the limit of {} live threads is reached",
                     self.tids.limit()
                 );
@@ -136,11 +138,12 @@ impl<T: Clone + Send + 'static> Shared<T> {
             Err(e) => {
                 self.tids.release(tid);
                 self.lifecycle.thread_ended(tid);
-                log::warn!("thread-spawn failed: cannot create an OS thread: {e}");
+                log::debug!("thread-spawn failed: cannot create an OS thread: {e}");
                 return Ok(-EAGAIN);
             }
         };
         // Before the thread can run, so that its `Exited` comes after.
+        log::debug!("thread {tid} spawned (start argument {start_arg:#x})");
         self.observe(ThreadEvent::Spawned { tid });
         let shared = self.clone();
         let job = Job {
@@ -198,6 +201,15 @@ impl<T: Clone + Send + 'static> Shared<T> {
             }
             exit => exit.outcome(tid).map(Cause::Ended),
         };
+        match &exit {
+            ThreadExit::Returned => log::debug!("thread {tid} returned"),
+            ThreadExit::Exit(code) => log::debug!("thread {tid} called proc_exit({code})"),
+            ThreadExit::Trap(trap) => log::debug!("thread {tid} trapped: {}", trap.message),
+            ThreadExit::Stopped => log::debug!("thread {tid} stopped"),
+            ThreadExit::HostPanic(message) => {
+                log::debug!("thread {tid}: host code panicked: {message}")
+            }
+        }
         if let Some(cause) = cause {
             self.lifecycle.end(cause);
         }
@@ -259,7 +271,7 @@ pub(crate) fn add_thread_spawn<T: Clone + Send + 'static>(
             match shared.upgrade() {
                 Some(shared) => shared.spawn(caller.data().clone(), start_arg),
                 None => {
-                    log::warn!("thread-spawn refused: the program has already ended");
+                    log::debug!("thread-spawn refused: the program has already ended");
                     Ok(-EAGAIN)
                 }
             }
