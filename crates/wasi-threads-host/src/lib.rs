@@ -62,7 +62,10 @@ pub use program::{
     DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
     HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
-pub use rewrite::{GuestModule, OffsetMap, compile, compile_guest, compile_guest_cached};
+pub use rewrite::{
+    DEFAULT_CACHE_SIZE, GuestModule, ModuleCache, OffsetMap, compile, compile_guest,
+    compile_guest_cached,
+};
 // For the differential fuzzer (crates/rewrite-diff); not part of the API.
 #[doc(hidden)]
 pub use rewrite::{rewrite, rewrite_with_map};

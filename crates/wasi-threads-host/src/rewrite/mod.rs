@@ -52,7 +52,7 @@ mod dwarf;
 mod offsets;
 mod unroll;
 
-pub use cache::compile_guest_cached;
+pub use cache::{DEFAULT_CACHE_SIZE, ModuleCache, compile_guest_cached};
 pub use offsets::{GuestModule, OffsetMap};
 
 use offsets::MapBuilder;
@@ -528,11 +528,23 @@ pub(crate) fn is_prepared(module: &Module) -> bool {
         .any(|i| i.module() == HOST_MODULE && i.name() == STOP_FLAG)
 }
 
+const COMPONENT: &str = "this is a WebAssembly component: wasi-threads does not support \
+                         components; it runs core modules (e.g. built for wasm32-wasip1-threads)";
+
 /// The binary form of a module given in binary or text form, with a one-line
 /// error for anything else.
 fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    if wasmparser::Parser::is_component(bytes) {
+        bail!("{COMPONENT}");
+    }
     if bytes.starts_with(b"\0asm") {
         return Ok(bytes.into());
+    }
+    if bytes.starts_with(b"\x7fELF") {
+        bail!(
+            "this is a precompiled module (`wasmtime compile` or `Module::serialize` output): \
+             the host must rewrite a module before compiling it, so it needs the .wasm"
+        );
     }
     let looks_like_text = bytes
         .iter()
@@ -543,12 +555,16 @@ fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| format_err!("not a WebAssembly module: text format must be UTF-8"))?;
-    wat::parse_str(text).map(Into::into).map_err(|e| {
+    let binary = wat::parse_str(text).map_err(|e| {
         format_err!(
             "invalid WebAssembly text: {}",
             e.to_string().replace('\n', " ")
         )
-    })
+    })?;
+    if wasmparser::Parser::is_component(&binary) {
+        bail!("{COMPONENT}");
+    }
+    Ok(binary.into())
 }
 
 /// Returns the module with its stop checks added, its waits and notifies on
