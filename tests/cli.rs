@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Run, Stdin, fixture, run_cli};
+use common::{Run, Stdin, fixture, run_cli, run_cli_env};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasi-threads");
@@ -193,7 +193,7 @@ fn env_reaches_the_guest() {
 }
 
 #[test]
-fn bad_input_is_one_line_and_exit_1() {
+fn bad_input_is_one_line_and_exit_1_usage_errors_exit_2() {
     let dir = std::env::temp_dir().join(format!("wasi-threads-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let text = dir.join("notes.txt");
@@ -228,7 +228,10 @@ fn bad_input_is_one_line_and_exit_1() {
     .unwrap();
 
     for (args, needle) in [
-        (vec!["/definitely/not/here.wasm"], "cannot read"),
+        (
+            vec!["/definitely/not/here.wasm"],
+            "failed to open wasm module \"/definitely/not/here.wasm\"",
+        ),
         (vec![text.to_str().unwrap()], "not a WebAssembly module"),
         (vec![truncated.to_str().unwrap()], "cannot run"),
         (vec![unknown.to_str().unwrap()], "nowhere"),
@@ -247,19 +250,18 @@ fn bad_input_is_one_line_and_exit_1() {
         );
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     }
-    for args in [
-        &["--max-threads", "many", "x.wasm"][..],
-        &["--no-such-flag", "x.wasm"],
-        &[],
+    // Usage errors are clap's, exit status 2, as `wasmtime run` gives them.
+    for (args, needle) in [
+        (&["--max-threads", "many", "x.wasm"][..], "'many'"),
+        (&["--no-such-flag", "x.wasm"], "'--no-such-flag'"),
+        (&[], "module"),
     ] {
         let run = cli(args);
-        assert_exit(&run, 1);
-        assert_eq!(
-            run.stderr.trim_end().lines().count(),
-            1,
-            "{args:?}: {}",
-            run.stderr
-        );
+        assert_exit(&run, 2);
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error: "), "{args:?}: {}", run.stderr);
+        assert!(first.contains(needle), "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -294,7 +296,7 @@ fn help_and_version() {
     let run = cli(&["run", "-V"]);
     assert_exit(&run, 0);
     assert!(run.stdout.contains("(Wasmtime 48."), "{}", run.stdout);
-    for group in ["-W", "-S", "-D"] {
+    for group in ["-W", "-S", "-D", "-C", "-O"] {
         let run = cli(&[group, "help"]);
         assert_exit(&run, 0);
         assert!(run.stdout.contains(&format!("{group} ")), "{}", run.stdout);
@@ -393,11 +395,11 @@ fn argv0_and_inherited_environment() {
     assert_exit(&run, 0);
     assert_eq!(echoed(&run), ["rg", "x"]);
     // `-S inherit-env` passes the host's environment (the test harness sets
-    // RUST_LOG for every run); `--env` adds to it.
+    // WASI_THREADS_LOG for every run); `--env` adds to it.
     let run = cli(&["-S", "inherit-env", "--env", "EXTRA=1", &echo]);
     assert_exit(&run, 0);
     let strings = echoed(&run);
-    assert!(strings.contains(&"RUST_LOG=warn"), "{strings:?}");
+    assert!(strings.contains(&"WASI_THREADS_LOG=warn"), "{strings:?}");
     assert!(strings.contains(&"EXTRA=1"), "{strings:?}");
 }
 
@@ -483,13 +485,17 @@ fn wasmtime_options_that_change_behaviour_are_applied() {
              (func (export "_start") (drop (v128.const i64x2 0 0))))"#,
     );
     assert_exit(&cli(&[&simd]), 0);
-    let run = cli(&["-W", "simd=n,relaxed-simd=n", &simd]);
+    // `simd=n` alone also turns relaxed SIMD off (the engine refuses one
+    // without the other).
+    let run = cli(&["-W", "simd=n", &simd]);
     assert_exit(&run, 1);
     assert!(run.stderr.contains("SIMD"), "{}", run.stderr);
+    let threads = fixture("rust-threads.wasm");
+    assert_exit(&cli(&["-W", "simd=n", threads.to_str().unwrap()]), 0);
 }
 
 #[test]
-fn unknown_and_unsupported_options_are_one_line_naming_them() {
+fn unknown_and_unsupported_options_are_usage_errors_naming_them() {
     let path = fixture("rust-threads.wasm");
     let path = path.to_str().unwrap();
     for (line, needle) in [
@@ -508,19 +514,19 @@ fn unknown_and_unsupported_options_are_one_line_naming_them() {
             &["--wasi-modules", "experimental-wasi-nn", path],
             "experimental-wasi-nn",
         ),
-        (&["-O", "opt-level=2", path], "-O"),
-        (&["--invoke", "main", path], "--invoke"),
-        (&["run", "--allow-precompiled", path], "--allow-precompiled"),
+        (&["-O", "opt-level=3", path], "opt-level=3"),
+        (&["-O", "memory-reservation=0", path], "memory-reservation"),
+        (&["-C", "compiler=winch", path], "winch"),
+        (
+            &["-C", "cranelift-debug-verifier", path],
+            "cranelift-debug-verifier",
+        ),
     ] {
         let run = cli(line);
-        assert_exit(&run, 1);
-        assert!(run.stderr.contains(needle), "{line:?}: {}", run.stderr);
-        assert_eq!(
-            run.stderr.trim_end().lines().count(),
-            1,
-            "{line:?}: {}",
-            run.stderr
-        );
+        assert_exit(&run, 2);
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error: "), "{line:?}: {}", run.stderr);
+        assert!(first.contains(needle), "{line:?}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "{line:?}: {}", run.stdout);
     }
 }
@@ -612,4 +618,328 @@ fn wasmtime_memory_and_stack_limits_map_onto_the_runner() {
     let threads = fixture("rust-threads.wasm");
     let run = cli(&["-W", "max-wasm-stack=0x100000", threads.to_str().unwrap()]);
     assert_exit(&run, 0);
+}
+
+/// Runs `args` with `XDG_CACHE_HOME` in `scratch`, so that the module cache
+/// is this test's own.
+fn cli_cached(scratch: &Scratch, args: &[&str], log: &str) -> Run {
+    let home = scratch.0.join("cache-home");
+    run_cli_env(
+        BIN,
+        args,
+        &[
+            ("XDG_CACHE_HOME", home.to_str().unwrap()),
+            ("WASI_THREADS_LOG", log),
+        ],
+        Stdin::Null,
+        LIMIT,
+    )
+}
+
+/// Entries in the scratch module cache (one `.cwasm` per compiled module).
+fn cache_entries(scratch: &Scratch) -> usize {
+    let dir = scratch.0.join("cache-home/wasi-threads/modules");
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .count()
+    })
+}
+
+/// The first line of stderr, for usage errors.
+fn first_line(run: &Run) -> &str {
+    run.stderr.lines().next().unwrap_or_default()
+}
+
+#[track_caller]
+fn assert_usage_error(run: &Run, needles: &[&str]) {
+    assert_exit(run, 2);
+    let first = first_line(run);
+    assert!(first.starts_with("error: "), "{}", run.stderr);
+    for needle in needles {
+        assert!(first.contains(needle), "{needle:?}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn flag_codegen_cache_n_is_no_cache() {
+    let scratch = Scratch::new("flag-cache");
+    let path = fixture("c-pthreads.wasm");
+    let path = path.to_str().unwrap();
+    let run = cli_cached(&scratch, &["-C", "cache=n", path], "warn");
+    assert_exit(&run, 0);
+    assert_eq!(cache_entries(&scratch), 0, "-C cache=n wrote the cache");
+    let run = cli_cached(&scratch, &["--no-cache", path], "warn");
+    assert_exit(&run, 0);
+    assert_eq!(cache_entries(&scratch), 0, "--no-cache wrote the cache");
+    let run = cli_cached(&scratch, &["-C", "cache=y", path], "warn");
+    assert_exit(&run, 0);
+    assert_eq!(cache_entries(&scratch), 1);
+    assert_usage_error(&cli(&["-C", "cache=maybe", path]), &["maybe"]);
+}
+
+#[test]
+fn flag_codegen_parallel_compilation_n_compiles_on_one_thread() {
+    let path = fixture("c-pthreads.wasm");
+    let run = cli(&[
+        "--no-cache",
+        "-C",
+        "parallel-compilation=n",
+        path.to_str().unwrap(),
+    ]);
+    assert_exit(&run, 0);
+    assert!(run.stdout.ends_with("c-pthreads ok\n"), "{}", run.stdout);
+    assert_usage_error(
+        &cli(&["-C", "parallel-compilation=2", path.to_str().unwrap()]),
+        &["parallel-compilation", "2"],
+    );
+}
+
+#[test]
+fn flag_optimize_opt_level_changes_the_compiled_code() {
+    // Another optimization level is other compiled code: a cache entry of
+    // its own.
+    let scratch = Scratch::new("flag-opt");
+    let path = fixture("c-pthreads.wasm");
+    let path = path.to_str().unwrap();
+    assert_exit(&cli_cached(&scratch, &[path], "warn"), 0);
+    assert_eq!(cache_entries(&scratch), 1);
+    let run = cli_cached(&scratch, &["-O", "opt-level=0", path], "warn");
+    assert_exit(&run, 0);
+    assert!(run.stdout.ends_with("c-pthreads ok\n"), "{}", run.stdout);
+    assert_eq!(cache_entries(&scratch), 2);
+    assert_exit(
+        &cli_cached(&scratch, &["-O", "opt-level=2", path], "warn"),
+        0,
+    );
+    assert_eq!(cache_entries(&scratch), 2, "opt-level=2 is the default");
+}
+
+#[test]
+fn flag_invoke_runs_start_and_refuses_other_functions() {
+    let path = fixture("c-pthreads.wasm");
+    let path = path.to_str().unwrap();
+    let run = cli(&["--invoke", "_start", path]);
+    assert_exit(&run, 0);
+    assert!(run.stdout.ends_with("c-pthreads ok\n"), "{}", run.stdout);
+    assert_usage_error(
+        &cli(&["--invoke", "main", path]),
+        &["--invoke main", "_start"],
+    );
+}
+
+#[test]
+fn flag_wasm_fuel_is_refused_saying_why() {
+    let path = fixture("c-pthreads.wasm");
+    let run = cli(&["-W", "fuel=1000000", path.to_str().unwrap()]);
+    assert_usage_error(&run, &["-W fuel", "store", "timeout"]);
+}
+
+#[test]
+fn flag_wasm_unknown_imports_trap() {
+    let scratch = Scratch::new("flag-unknown-imports");
+    let unused = scratch.file(
+        "unused.wat",
+        r#"(module (import "nowhere" "nothing" (func)) (memory (export "memory") 1)
+             (func (export "_start")))"#,
+    );
+    let called = scratch.file(
+        "called.wat",
+        r#"(module (import "nowhere" "nothing" (func $f)) (memory (export "memory") 1)
+             (func (export "_start") (call $f)))"#,
+    );
+    let run = cli(&[&unused]);
+    assert_exit(&run, 1);
+    assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
+    assert_exit(&cli(&["-W", "unknown-imports-trap", &unused]), 0);
+    let run = cli(&["-W", "unknown-imports-trap=y", &called]);
+    assert_exit(&run, 134);
+    assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
+}
+
+#[test]
+fn flag_allow_precompiled_is_accepted_and_precompiled_modules_refused() {
+    let scratch = Scratch::new("flag-precompiled");
+    let path = fixture("c-pthreads.wasm");
+    let run = cli(&["--allow-precompiled", path.to_str().unwrap()]);
+    assert_exit(&run, 0);
+    // What `wasmtime compile` writes is an ELF file.
+    let mut elf = b"\x7fELF\x02\x01\x01\x00".to_vec();
+    elf.resize(256, 0);
+    let cwasm = scratch.0.join("module.cwasm");
+    std::fs::write(&cwasm, &elf).unwrap();
+    for line in [
+        &["--allow-precompiled", cwasm.to_str().unwrap()][..],
+        &[cwasm.to_str().unwrap()],
+    ] {
+        let run = cli(line);
+        assert_exit(&run, 1);
+        assert!(run.stderr.contains("precompiled"), "{}", run.stderr);
+        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    }
+}
+
+#[test]
+fn flag_debug_coredump_is_refused_saying_why() {
+    let path = fixture("c-trap-thread.wasm");
+    let run = cli(&["-D", "coredump=core.dump", path.to_str().unwrap()]);
+    assert_usage_error(&run, &["-D coredump", "store"]);
+}
+
+#[test]
+fn flag_wasi_inherit_network_is_accepted() {
+    let path = fixture("c-pthreads.wasm");
+    let run = cli(&["-S", "inherit-network", path.to_str().unwrap()]);
+    assert_exit(&run, 0);
+    assert!(run.stdout.ends_with("c-pthreads ok\n"), "{}", run.stdout);
+    assert_usage_error(
+        &cli(&["-S", "inherit-network=perhaps", path.to_str().unwrap()]),
+        &["perhaps"],
+    );
+}
+
+#[test]
+fn flag_wasi_tcplisten_is_refused_saying_why() {
+    let path = fixture("c-pthreads.wasm");
+    let run = cli(&["-S", "tcplisten=127.0.0.1:0", path.to_str().unwrap()]);
+    assert_usage_error(&run, &["-S tcplisten", "sockets"]);
+}
+
+#[test]
+fn logs_follow_wasi_threads_log_never_rust_log() {
+    let path = fixture("rust-threads.wasm");
+    let path = path.to_str().unwrap();
+    // RUST_LOG is the guest's business (and often set for a whole CI job).
+    let run = run_cli_env(
+        BIN,
+        &["--no-cache", path],
+        &[("RUST_LOG", "trace"), ("WASI_THREADS_LOG", "warn")],
+        Stdin::Null,
+        LIMIT,
+    );
+    assert_exit(&run, 0);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    let run = run_cli_env(
+        BIN,
+        &["--no-cache", path],
+        &[("WASI_THREADS_LOG", "wasi_threads_host=debug")],
+        Stdin::Null,
+        LIMIT,
+    );
+    assert_exit(&run, 0);
+    for needle in [
+        "thread 1 spawned",
+        "thread 1 returned",
+        "thread 0 returned",
+        "stopping every thread",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle}: {}", run.stderr);
+    }
+    // `-D logging=n` silences even an explicit level.
+    let run = run_cli_env(
+        BIN,
+        &["-D", "logging=n", "--no-cache", path],
+        &[("WASI_THREADS_LOG", "debug")],
+        Stdin::Null,
+        LIMIT,
+    );
+    assert_exit(&run, 0);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+}
+
+#[test]
+fn cache_hits_are_logged_at_debug_level() {
+    let scratch = Scratch::new("cache-log");
+    let path = fixture("c-pthreads.wasm");
+    let path = path.to_str().unwrap();
+    let first = cli_cached(&scratch, &[path], "wasi_threads_host=debug");
+    assert_exit(&first, 0);
+    assert!(!first.stderr.contains("from the cache"), "{}", first.stderr);
+    let second = cli_cached(&scratch, &[path], "wasi_threads_host=debug");
+    assert_exit(&second, 0);
+    assert!(
+        second.stderr.contains("from the cache"),
+        "{}",
+        second.stderr
+    );
+}
+
+#[test]
+fn a_refused_spawn_is_the_guests_to_report_not_a_host_warning() {
+    let path = fixture("c-spawn-limit.wasm");
+    let run = run_cli_env(
+        BIN,
+        &["--max-threads", "4", path.to_str().unwrap()],
+        &[("WASI_THREADS_LOG", "warn")],
+        Stdin::Null,
+        LIMIT,
+    );
+    assert_exit(&run, 0);
+    assert!(
+        run.stdout.contains("limit reached after 4: EAGAIN\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+}
+
+#[test]
+fn a_text_syntax_error_names_file_line_and_column_with_a_caret() {
+    let scratch = Scratch::new("wat-syntax");
+    let wat = scratch.file(
+        "syntax.wat",
+        "(module\n  (func (export \"_start\")\n    i32.const 1\n    i32.addd\n  ))\n",
+    );
+    let run = cli(&[&wat]);
+    assert_exit(&run, 1);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(lines[0].starts_with("Error: "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("--> {wat}:4:5")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("4 |     i32.addd"), "{}", run.stderr);
+    assert!(
+        lines.iter().any(|l| l.trim_end().ends_with("|     ^")),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn components_are_named_as_unsupported() {
+    let scratch = Scratch::new("component");
+    let text = scratch.file("component.wat", "(component)");
+    let binary = scratch.0.join("component.wasm");
+    std::fs::write(&binary, b"\0asm\x0d\0\x01\0").unwrap();
+    for path in [text.as_str(), binary.to_str().unwrap()] {
+        let run = cli(&[path]);
+        assert_exit(&run, 1);
+        assert!(
+            run.stderr.contains("does not support components"),
+            "{path}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_bad_dir_is_reported_before_the_module_is_read() {
+    // The module is not even a module: the --dir error must come first.
+    let scratch = Scratch::new("bad-dir");
+    let garbage = scratch.file("garbage.wasm", "not a module");
+    let file = scratch.file("file.txt", "a file");
+    for dir in ["/definitely/not/here", file.as_str()] {
+        let run = cli(&["--dir", dir, &garbage]);
+        assert_exit(&run, 1);
+        assert!(
+            run.stderr
+                .starts_with(&format!("Error: failed to open directory '{dir}'")),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("WebAssembly"), "{}", run.stderr);
+    }
 }

@@ -51,6 +51,18 @@ pub enum Stdin {
 
 /// Runs the `wasi-threads` binary with `args`, killing it after `limit`.
 pub fn run_cli(bin: &str, args: &[&str], stdin: Stdin, limit: Duration) -> Run {
+    run_cli_env(bin, args, &[], stdin, limit)
+}
+
+/// [`run_cli`] with these environment variables set (on top of
+/// `WASI_THREADS_LOG=warn`).
+pub fn run_cli_env(
+    bin: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Stdin,
+    limit: Duration,
+) -> Run {
     let start = Instant::now();
     let mut child = Command::new(bin)
         .args(args)
@@ -60,7 +72,8 @@ pub fn run_cli(bin: &str, args: &[&str], stdin: Stdin, limit: Duration) -> Run {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env("RUST_LOG", "warn")
+        .env("WASI_THREADS_LOG", "warn")
+        .envs(env.iter().copied())
         .spawn()
         .expect("spawn wasi-threads");
     // OpenPipe: keep the write end open (never written) until the child is

@@ -10,14 +10,23 @@ use std::time::Duration;
 ///
 /// Accepts `wasmtime run`'s spellings, so `wasi-threads` can replace
 /// `wasmtime` in an existing command line: an optional leading `run`,
-/// `-W`/`--wasm`, `-S`/`--wasi` and `-D`/`--debug` KEY[=VAL] groups (`-W
-/// help` lists the keys), `--dir`, `--env`, `--argv0`, `--profile`, and `--`
-/// before the module. Everything after MODULE goes to the guest.
+/// `-W`/`--wasm`, `-S`/`--wasi`, `-D`/`--debug`, `-C`/`--codegen` and
+/// `-O`/`--optimize` KEY[=VAL] groups (`-W help` lists the keys), `--dir`,
+/// `--env`, `--argv0`, `--profile`, `--invoke _start`, `--allow-precompiled`,
+/// and `--` before the module. Everything after MODULE goes to the guest.
 ///
-/// The exit status is the guest's `proc_exit` code, 0 when `_start` returns,
-/// 134 when any thread traps, 124 when a timeout expires, and 1 when the
-/// module cannot be run at all. Set RUST_LOG=wasi_threads_host=debug for
-/// diagnostics.
+/// Exit status: the guest's `proc_exit` code; 0 when `_start` returns; 134
+/// when any thread traps; 124 when a timeout expires; 2 for a usage error
+/// (an unknown or refused option); 1 when the module cannot be run at all.
+///
+/// Compiled modules are cached in $XDG_CACHE_HOME/wasi-threads/modules
+/// (default ~/.cache/wasi-threads/modules), at most 512 MiB: the least
+/// recently used entries are removed beyond it (WASI_THREADS_CACHE_SIZE sets
+/// another bound, e.g. 2GiB; --no-cache turns the cache off).
+///
+/// Logs go to stderr: WASI_THREADS_LOG sets their level, as WASMTIME_LOG does
+/// for wasmtime (default `warn`; `debug` shows spawns, exits, the stop and
+/// cache hits; RUST_LOG is left to the guest).
 #[derive(Debug, Parser)]
 #[command(name = "wasi-threads")]
 pub struct Cli {
@@ -35,6 +44,27 @@ pub struct Cli {
     /// (`-D help` lists them). Repeatable.
     #[arg(short = 'D', long = "debug", value_name = "KEY[=VAL[,..]]")]
     pub debug: Vec<String>,
+
+    /// Code generation options as `wasmtime run` spells them, e.g. `-C
+    /// cache=n` (`-C help` lists them). Repeatable.
+    #[arg(short = 'C', long = "codegen", value_name = "KEY[=VAL[,..]]")]
+    pub codegen: Vec<String>,
+
+    /// Optimization options as `wasmtime run` spells them, e.g. `-O
+    /// opt-level=0` (`-O help` lists them). Repeatable.
+    #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL[,..]]")]
+    pub optimize: Vec<String>,
+
+    /// The function to run: only `_start`, the default (a wasi-threads
+    /// program is a command; its threads start at `wasi_thread_start`).
+    #[arg(long, value_name = "FUNCTION")]
+    pub invoke: Option<String>,
+
+    /// Accepted for `wasmtime run` compatibility; precompiled modules
+    /// (`wasmtime compile` output) are still refused: the host must rewrite a
+    /// module before compiling it.
+    #[arg(long)]
+    pub allow_precompiled: bool,
 
     /// Wasmtime 13's spelling of `-W` (e.g. `--wasm-features threads`).
     #[arg(long = "wasm-features", value_name = "FEATURE[,..]", hide = true)]
@@ -77,8 +107,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
-    /// Do not use Wasmtime's on-disk cache of compiled modules (by default
-    /// repeated runs of the same module, as under cargo test, skip compiling).
+    /// Do not use the cache of compiled modules (by default repeated runs of
+    /// the same module, as under cargo test, skip rewriting and compiling it).
+    /// Same as `-C cache=n`.
     #[arg(long)]
     pub no_cache: bool,
 
@@ -145,6 +176,18 @@ impl Cli {
         for value in &self.debug {
             options.debug(value)?;
         }
+        for value in &self.codegen {
+            options.codegen(value)?;
+        }
+        for value in &self.optimize {
+            options.optimize(value)?;
+        }
+        if let Some(name) = self.invoke.as_deref().filter(|name| *name != "_start") {
+            return Err(format!(
+                "--invoke {name}: not supported: a wasi-threads program runs from `_start` \
+                 (and its threads from `wasi_thread_start`)"
+            ));
+        }
         for value in &self.wasm_features {
             options.wasm_features(value)?;
         }
@@ -153,6 +196,14 @@ impl Cli {
         }
         if let Some(profile) = &self.profile {
             options.profile(profile)?;
+        }
+        // Relaxed SIMD needs SIMD: `-W simd=n` alone turns both off rather
+        // than being refused by the engine (unless relaxed-simd is asked for).
+        use options::Feature::{RelaxedSimd, Simd};
+        if options.features.contains(&(Simd, false))
+            && !options.features.iter().any(|(f, _)| *f == RelaxedSimd)
+        {
+            options.features.push((RelaxedSimd, false));
         }
         if let (Some(ours), Some(theirs)) = (self.timeout, options.timeout)
             && ours != theirs
@@ -171,6 +222,10 @@ impl Cli {
             Some(options::WASI_HELP)
         } else if asks(&self.debug) {
             Some(options::DEBUG_HELP)
+        } else if asks(&self.codegen) {
+            Some(options::CODEGEN_HELP)
+        } else if asks(&self.optimize) {
+            Some(options::OPTIMIZE_HELP)
         } else {
             None
         }
@@ -195,6 +250,30 @@ fn parse_env(s: &str) -> Result<(String, Option<String>), String> {
         None if s.is_empty() => Err("empty variable name".to_string()),
         None => Ok((s.to_string(), None)),
     }
+}
+
+/// Parses a size: `1048576`, `512MiB`, `2GiB`, `64M` (units of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 512MiB or 2GiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// Parses `10`, `1.5s`, `250ms`, `2m` or `1h`.
@@ -233,6 +312,17 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5PiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 
     #[test]

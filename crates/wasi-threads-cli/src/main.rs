@@ -5,11 +5,14 @@ mod options;
 
 use clap::error::ErrorKind;
 use std::process::ExitCode;
-use wasi_threads_host::{Outcome, Runner};
+use wasi_threads_host::{ModuleCache, Outcome, Runner};
 use wasmtime::error::Context as _;
 
+/// The exit status of a usage error, as clap (and so `wasmtime run`) gives
+/// it: a script can tell it from a guest's `exit(1)`.
+const USAGE_ERROR: u8 = 2;
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = match cli::Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -18,11 +21,25 @@ fn main() -> ExitCode {
         println!("{help}");
         return ExitCode::SUCCESS;
     }
-    let status = match cli
-        .options()
-        .map_err(wasmtime::Error::msg)
-        .and_then(|o| run(cli, o))
-    {
+    let options = match cli.options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("error: {message}\n\nFor more information, try '--help'.");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    // The host's own variable, as Wasmtime has WASMTIME_LOG: RUST_LOG is
+    // often set for the guest (`--env RUST_LOG=debug`) or for a whole CI job.
+    let mut logger = env_logger::Builder::from_env(
+        env_logger::Env::new()
+            .filter_or("WASI_THREADS_LOG", "warn")
+            .write_style("WASI_THREADS_LOG_STYLE"),
+    );
+    if options.no_logging {
+        logger.filter_level(log::LevelFilter::Off);
+    }
+    logger.init();
+    let status = match run(cli, options) {
         Ok(outcome) => {
             match &outcome {
                 Outcome::Exit { .. } => {}
@@ -37,14 +54,21 @@ fn main() -> ExitCode {
             outcome.exit_status()
         }
         Err(e) => {
-            // One line, whatever the error's own formatting.
-            let message = format!("{e:#}");
-            let message: Vec<&str> = message
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            eprintln!("Error: {}", message.join(" "));
+            match e.downcast_ref::<TextError>() {
+                // File, line and column, then the line with a caret under
+                // the error, as `wasmtime run` shows it.
+                Some(TextError(rendered)) => eprintln!("Error: {rendered}"),
+                None => {
+                    // One line, whatever the error's own formatting.
+                    let message = format!("{e:#}");
+                    let message: Vec<&str> = message
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    eprintln!("Error: {}", message.join(" "));
+                }
+            }
             1
         }
     };
@@ -56,18 +80,38 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
-    let mut config = wasi_threads_host::engine_config();
-    #[cfg(feature = "cache")]
-    if !cli.no_cache {
-        match wasmtime::Cache::from_file(None) {
-            Ok(cache) => {
-                config.cache(Some(cache));
-            }
-            Err(e) => log::debug!("compilation cache unavailable: {e:#}"),
-        }
+    let no_cache = cli.no_cache || options.no_cache;
+    let cache_size = match std::env::var("WASI_THREADS_CACHE_SIZE") {
+        Ok(size) => cli::parse_size(&size)
+            .map_err(|e| wasmtime::format_err!("WASI_THREADS_CACHE_SIZE: {e}"))?,
+        Err(_) => wasi_threads_host::DEFAULT_CACHE_SIZE,
+    };
+    // Everything the command line names is checked before the module is
+    // read and compiled, as `wasmtime run` checks it.
+    for (host, _) in &cli.dirs {
+        check_dir(host)
+            .with_context(|| format!("failed to open directory '{}'", host.display()))?;
     }
-    #[cfg(not(feature = "cache"))]
-    let _ = cli.no_cache; // built without the cache: nothing to turn off
+    let mut config = wasi_threads_host::engine_config();
+    // Wasmtime's own cache only when asked for by -C cache-config: the
+    // module cache below holds the same compiled code (and more).
+    if let Some(path) = &options.cache_config {
+        #[cfg(feature = "cache")]
+        if !no_cache {
+            config.cache(Some(wasmtime::Cache::from_file(Some(path))?));
+        }
+        #[cfg(not(feature = "cache"))]
+        wasmtime::bail!(
+            "-C cache-config={}: this build has no Wasmtime cache (feature `cache`)",
+            path.display()
+        );
+    }
+    if let Some(parallel) = options.parallel_compilation {
+        config.parallel_compilation(parallel);
+    }
+    if let Some(level) = options.opt_level {
+        config.cranelift_opt_level(level);
+    }
     for (feature, enable) in &options.features {
         feature.apply(&mut config, *enable);
     }
@@ -98,6 +142,7 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     // exiting once the outcome is reported.
     let mut runner = Runner::new()
         .engine(engine.clone())
+        .unknown_imports_trap(options.unknown_imports_trap)
         .arg(argv0)
         .args(cli.guest_args().iter().cloned())
         .max_threads(cli.max_threads)
@@ -126,11 +171,15 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
         runner = runner.timeout(limit);
     }
     let path = std::path::Path::new(&cli.module_and_args[0]);
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("failed to open wasm module \"{}\"", path.display()))?;
+    let bytes = to_binary(path, bytes)?;
     // A cached run skips the module rewrite as well as compilation: for a
     // large module (ripgrep: 20 MB) the rewrite is most of startup.
-    let guest = match module_cache_dir().filter(|_| !cli.no_cache) {
-        Some(dir) => wasi_threads_host::compile_guest_cached(&engine, &bytes, &dir),
+    let guest = match module_cache_dir().filter(|_| !no_cache) {
+        Some(dir) => ModuleCache::new(dir)
+            .max_size(cache_size)
+            .compile_guest(&engine, &bytes),
         None => wasi_threads_host::compile_guest(&engine, &bytes),
     }
     .with_context(|| format!("cannot run {}", path.display()))?;
@@ -138,6 +187,49 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
         .run_guest(&guest)
         .with_context(|| format!("cannot run {}", path.display()))
 }
+
+/// A `--dir` must name a directory that can be opened.
+fn check_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(path)?;
+    if !dir.metadata()?.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    Ok(())
+}
+
+/// A module in the text format, converted here rather than by the library so
+/// that a syntax error names the file, line and column with the offending
+/// line below, as `wasmtime run` gives it.
+fn to_binary(path: &std::path::Path, bytes: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
+    let looks_like_text = !bytes.starts_with(b"\0asm")
+        && bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'(' || *b == b';');
+    if !looks_like_text {
+        return Ok(bytes);
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Ok(bytes); // the library's error says what it is not
+    };
+    wat::parse_str(text).map_err(|mut e| {
+        e.set_path(path);
+        wasmtime::Error::new(TextError(e.to_string()))
+    })
+}
+
+/// A syntax error in a text module, rendered with its file, line and column
+/// and the offending line, printed as it is.
+#[derive(Debug)]
+struct TextError(String);
+
+impl std::fmt::Display for TextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TextError {}
 
 /// Where compiled, rewritten modules are kept between runs: the user's
 /// cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), as Wasmtime keeps
@@ -150,25 +242,12 @@ fn module_cache_dir() -> Option<std::path::PathBuf> {
     Some(base.join("wasi-threads").join("modules"))
 }
 
-/// `--help` and `--version` print and succeed; any other parse error is one
-/// line on stderr and exit status 1, like every other bad input.
+/// `--help` and `--version` print and succeed; any other parse error is
+/// clap's message and exit status 2, as with `wasmtime run`.
 fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = e.print();
         return ExitCode::SUCCESS;
     }
-    // clap's message, without its usage block and tips, on one line.
-    let rendered = e.render().to_string();
-    let message: Vec<&str> = rendered
-        .lines()
-        .take_while(|l| !l.starts_with("Usage:"))
-        .map(str::trim)
-        .filter(|l| {
-            !(l.is_empty() || l.starts_with("tip:") || l.starts_with("For more information"))
-        })
-        .collect();
-    let message = message.join(" ");
-    let message = message.strip_prefix("error: ").unwrap_or(&message);
-    eprintln!("Error: {message} (see --help)");
-    ExitCode::from(1)
+    ExitCode::from(USAGE_ERROR)
 }

@@ -30,6 +30,19 @@ pub struct Options {
     pub inherit_env: bool,
     /// `--profile`.
     pub profile: Option<ProfilingStrategy>,
+    /// `-W unknown-imports-trap`: imported functions nobody defines trap
+    /// when called instead of failing instantiation.
+    pub unknown_imports_trap: bool,
+    /// `-C cache=n`: no compiled-module cache.
+    pub no_cache: bool,
+    /// `-C cache-config=PATH`: Wasmtime's cache configuration file.
+    pub cache_config: Option<std::path::PathBuf>,
+    /// `-C parallel-compilation=n`.
+    pub parallel_compilation: Option<bool>,
+    /// `-O opt-level=`.
+    pub opt_level: Option<wasmtime::OptLevel>,
+    /// `-D logging=n`: no log output at all.
+    pub no_logging: bool,
 }
 
 /// A Wasm proposal that `-W` can switch and that is independent of threads.
@@ -85,6 +98,17 @@ const REQUIRED_WASM: &[&str] = &["threads", "shared-memory", "bulk-memory", "mul
 /// (`epoch-interruption`: the host stops threads without epochs.)
 const IGNORED_WASM: &[&str] = &["epoch-interruption"];
 
+/// `-S` keys about networking. A WASI preview1 guest cannot open a socket
+/// (preview1 has no call for it), so under `wasmtime run` too they change
+/// nothing for such a guest: accepted either way.
+const NETWORK_WASI: &[&str] = &[
+    "inherit-network",
+    "allow-ip-name-lookup",
+    "tcp",
+    "udp",
+    "network",
+];
+
 /// The `-W` keys we understand, for `-W help`.
 pub const WASM_HELP: &str = "\
 Available -W / --wasm options:
@@ -93,22 +117,42 @@ Available -W / --wasm options:
   -W timeout=N|Ns|Nms|..     stop the program after this long (exit 124)
   -W max-memory-size=N       most bytes of linear memory
   -W max-wasm-stack=N        most bytes of wasm stack per thread
+  -W unknown-imports-trap[=y|n]  imported functions nobody defines trap when called
   -W simd, relaxed-simd, multi-value, tail-call, memory64,
-     extended-const, wide-arithmetic, custom-page-sizes[=y|n]   switch a Wasm proposal";
+     extended-const, wide-arithmetic, custom-page-sizes[=y|n]   switch a Wasm proposal
+  -W fuel=N                  refused: fuel is counted per store, and every thread
+                             has a store of its own (bound a run with -W timeout=)";
 
 /// The `-S` keys we understand, for `-S help`.
 pub const WASI_HELP: &str = "\
 Available -S / --wasi options:
   -S threads, cli, common    always on (=n is refused)
   -S preview2[=y|n]          accepted: WASI preview1 is always wasmtime-wasi's
-  -S inherit-env[=y|n]       give the guest the host's whole environment";
+  -S inherit-env[=y|n]       give the guest the host's whole environment
+  -S inherit-network, allow-ip-name-lookup, tcp, udp[=y|n]
+                             accepted: a preview1 guest cannot open sockets
+  -S tcplisten=ADDR          refused: the host pre-opens no sockets";
 
 /// The `-D` keys we understand, for `-D help`.
 pub const DEBUG_HELP: &str = "\
 Available -D / --debug options:
   -D debug-info[=y|n]        DWARF for native debuggers (lldb, gdb)
   -D address-map[=y|n]       map native code addresses back to wasm offsets
-  -D logging[=y|n]           accepted: logging follows RUST_LOG";
+  -D logging[=y|n]           =n: no log output (levels: WASI_THREADS_LOG)
+  -D coredump=PATH           refused: one thread's core dump would leave out the others";
+
+/// The `-C` keys we understand, for `-C help`.
+pub const CODEGEN_HELP: &str = "\
+Available -C / --codegen options:
+  -C cache[=y|n]             the compiled-module cache (=n is --no-cache)
+  -C cache-config=PATH       Wasmtime's cache configuration file (TOML)
+  -C parallel-compilation[=y|n]   compile a module's functions on all cores
+  -C compiler=cranelift      the only compiler this build has";
+
+/// The `-O` keys we understand, for `-O help`.
+pub const OPTIMIZE_HELP: &str = "\
+Available -O / --optimize options:
+  -O opt-level=0|1|2|s       Cranelift's optimization level (default 2)";
 
 impl Options {
     /// One `-W`/`--wasm` value.
@@ -129,6 +173,14 @@ impl Options {
             }
             match key {
                 "timeout" => self.timeout = Some(duration(&flag(), val)?),
+                "unknown-imports-trap" => self.unknown_imports_trap = boolean(&flag(), val)?,
+                "fuel" => {
+                    return Err(format!(
+                        "{}: not supported: fuel is counted per store and every wasi-threads \
+                         thread has a store of its own; bound a run with -W timeout= instead",
+                        flag()
+                    ));
+                }
                 "max-memory-size" => self.max_memory_size = Some(number(&flag(), val)?),
                 "max-wasm-stack" => {
                     let bytes: u64 = number(&flag(), val)?;
@@ -152,6 +204,15 @@ impl Options {
                     boolean(&flag(), val)?;
                 }
                 "inherit-env" => self.inherit_env = boolean(&flag(), val)?,
+                key if NETWORK_WASI.contains(&key) => {
+                    boolean(&flag(), val)?;
+                }
+                "tcplisten" => {
+                    return Err(format!(
+                        "{}: not supported: this host's WASI layer pre-opens no sockets",
+                        flag()
+                    ));
+                }
                 _ => return Err(unknown('S', "wasi", key)),
             }
         }
@@ -165,10 +226,68 @@ impl Options {
             match key {
                 "debug-info" => self.debug_info = Some(boolean(&flag(), val)?),
                 "address-map" => self.address_map = Some(boolean(&flag(), val)?),
-                "logging" => {
-                    boolean(&flag(), val)?;
+                "logging" => self.no_logging = !boolean(&flag(), val)?,
+                "coredump" => {
+                    return Err(format!(
+                        "{}: not supported: a core dump is of one store, and every \
+                         wasi-threads thread has a store of its own",
+                        flag()
+                    ));
                 }
                 _ => return Err(unknown('D', "debug", key)),
+            }
+        }
+        Ok(())
+    }
+
+    /// One `-C`/`--codegen` value.
+    pub fn codegen(&mut self, value: &str) -> Result<(), String> {
+        for (key, val) in items(value) {
+            let flag = || format!("-C {key}");
+            match key {
+                "cache" => self.no_cache = !boolean(&flag(), val)?,
+                "cache-config" => match val {
+                    Some(path) if !path.is_empty() => self.cache_config = Some(path.into()),
+                    _ => return Err(format!("{}: needs a value ({}=PATH)", flag(), flag())),
+                },
+                "parallel-compilation" => {
+                    self.parallel_compilation = Some(boolean(&flag(), val)?);
+                }
+                "compiler" => match val {
+                    Some("cranelift") => {}
+                    Some(other) => {
+                        return Err(format!(
+                            "{}={other}: not supported: this build has only Cranelift",
+                            flag()
+                        ));
+                    }
+                    None => return Err(format!("{}: needs a value ({}=NAME)", flag(), flag())),
+                },
+                _ => return Err(unknown('C', "codegen", key)),
+            }
+        }
+        Ok(())
+    }
+
+    /// One `-O`/`--optimize` value.
+    pub fn optimize(&mut self, value: &str) -> Result<(), String> {
+        use wasmtime::OptLevel;
+        for (key, val) in items(value) {
+            match key {
+                "opt-level" => {
+                    self.opt_level = Some(match val {
+                        Some("0") => OptLevel::None,
+                        Some("1" | "2") => OptLevel::Speed,
+                        Some("s") => OptLevel::SpeedAndSize,
+                        _ => {
+                            return Err(format!(
+                                "-O opt-level={}: use 0, 1, 2 or s",
+                                val.unwrap_or("")
+                            ));
+                        }
+                    });
+                }
+                _ => return Err(unknown('O', "optimize", key)),
             }
         }
         Ok(())

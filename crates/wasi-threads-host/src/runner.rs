@@ -46,6 +46,7 @@ pub struct Runner {
     timeout: Option<Duration>,
     max_memory: Option<u64>,
     max_wasm_stack: Option<usize>,
+    unknown_imports_trap: bool,
     on_start: Option<Box<dyn FnOnce(CancelHandle) + Send>>,
 }
 
@@ -78,6 +79,7 @@ impl Runner {
             timeout: None,
             max_memory: None,
             max_wasm_stack: None,
+            unknown_imports_trap: false,
             on_start: None,
         }
     }
@@ -182,6 +184,15 @@ impl Runner {
     /// bound exhausting the host's stack.
     pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
         self.max_wasm_stack = Some(bytes);
+        self
+    }
+
+    /// Whether imported functions that nothing defines are defined as
+    /// functions that trap when called (`wasmtime run -W
+    /// unknown-imports-trap`), instead of failing instantiation. Default:
+    /// off.
+    pub fn unknown_imports_trap(mut self, trap: bool) -> Self {
+        self.unknown_imports_trap = trap;
         self
     }
 
@@ -320,6 +331,9 @@ impl Runner {
         let mut linker = Linker::new(&engine);
         threads.add_to_linker(&mut linker, &store)?;
         wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi)?;
+        if self.unknown_imports_trap {
+            linker.define_unknown_imports_as_traps(module)?;
+        }
 
         if let Some(on_start) = self.on_start {
             on_start(threads.cancel_handle());
