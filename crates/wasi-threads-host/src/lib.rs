@@ -13,20 +13,58 @@
 //!   every other thread and joins it, and hands you one [`Outcome`]. Nothing
 //!   here ever ends your process.
 //!
-//! [`Runner`] does all of it for the common case; [`WasiThreads`] is the
-//! embedding API underneath it. The whole life of a program — its phases,
-//! how the first cause is claimed, the one stop function, the join — is in
-//! the `lifecycle` module (`src/lifecycle.rs`).
+//! [`Runner`] does all of it for the common case:
+//!
+//! ```
+//! use wasi_threads_host::{Outcome, Runner};
+//!
+//! # fn main() -> wasmtime::Result<()> {
+//! // A program whose main thread spawns a thread and waits until the new
+//! // thread has written its TID to address 0; then exits with that TID.
+//! let program = r#"(module
+//!     (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+//!     (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+//!     (import "env" "memory" (memory 1 1 shared))
+//!     (func (export "wasi_thread_start") (param $tid i32) (param $arg i32)
+//!       (i32.atomic.store (i32.const 0) (local.get $tid))
+//!       (drop (memory.atomic.notify (i32.const 0) (i32.const 1))))
+//!     (func (export "_start")
+//!       (drop (call $spawn (i32.const 0)))
+//!       (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))
+//!       (call $exit (i32.atomic.load (i32.const 0)))))"#;
+//!
+//! let outcome = Runner::new()
+//!     .inherit_stdio(false)
+//!     .timeout(std::time::Duration::from_secs(30))
+//!     .run_bytes(program.as_bytes())?;
+//! // The first spawned thread's TID is 1; the outcome names the thread that
+//! // ended the program.
+//! assert_eq!(outcome, Outcome::Exit { code: 1, tid: 0 });
+//! assert_eq!(outcome.exit_status(), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! [`WasiThreads`] is the embedding API underneath [`Runner`], for your own
+//! [`wasmtime::Linker`], store data and host functions; its documentation
+//! has an example.
 //!
 //! # Engine configuration
 //!
-//! The engine needs threads and shared memory; [`engine_config`] returns
-//! such a configuration. Modules must be compiled with [`compile`] (or
-//! [`compile_guest`], [`compile_guest_cached`]), which adds the checks
-//! through which a stop reaches running threads (see `src/interrupt.rs`):
-//! the host does not use epoch interruption, so an embedder's epochs and
-//! deadlines are its own, and a program's stop costs other programs on the
-//! same engine nothing.
+//! The engine needs threads, shared memory and multi-memory;
+//! [`engine_config`] returns such a configuration. Modules must be compiled
+//! with [`compile`] (or [`compile_guest`], or a [`ModuleCache`]), which adds
+//! the checks through which a stop reaches running threads and routes
+//! `memory.atomic.wait` through the host: the host does not use epoch
+//! interruption, so an embedder's epochs and deadlines are its own, and a
+//! program's stop costs other programs on the same engine nothing.
+//!
+//! # Cargo features
+//!
+//! Default: `cranelift`, `wat`, `parallel-compilation`, `demangle`,
+//! `addr2line`. A minimal embedder uses `default-features = false, features
+//! = ["cranelift"]` (or `winch`: one compiler is required). Optional:
+//! `cache`, `pooling-allocator`, `backtrace`, `profiling`, `debug-builtins`,
+//! `coredump`, `gc`, each forwarding to Wasmtime's feature of that name.
 
 #![warn(missing_docs)]
 
@@ -78,6 +116,11 @@ pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, T
 pub use tid::MAX_TID;
 pub use wait::Notifier;
 pub use wasi::SharedWasi;
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 
 /// The lifecycle core and the pool's idle count, exposed only to the model
 /// checks in `tests/lifecycle_model.rs` (feature `model-check`, which builds
