@@ -500,6 +500,38 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// One host directory preopened twice with different permissions: which
+    /// descriptor is which the resource table does not tell, so neither is
+    /// taken for the other (the context answers both); with the same
+    /// permissions either serves.
+    #[test]
+    fn a_directory_preopened_twice_with_different_permissions_is_not_guessed() {
+        let dir = tree("twice", 3);
+        let find = |ctx: &mut WasiP1Ctx, fd: u32| {
+            let mut bytes = vec![0u8; 16];
+            let memory = &mut GuestMemory::Unshared(&mut bytes);
+            now(find_dir(ctx, memory, fd.into())).map(|(dir, _)| dir.perms)
+        };
+        let mut mixed = WasiCtxBuilder::new()
+            .allow_blocking_current_thread(true)
+            .preopened_dir(&dir, "/ro", FsPerms::ReadOnly)
+            .unwrap()
+            .preopened_dir(&dir, "/rw", FsPerms::ReadWrite)
+            .unwrap()
+            .build_p1();
+        assert_eq!(find(&mut mixed, 3), None);
+        assert_eq!(find(&mut mixed, 4), None);
+        let mut same = WasiCtxBuilder::new()
+            .allow_blocking_current_thread(true)
+            .preopened_dir(&dir, "/a", FsPerms::ReadOnly)
+            .unwrap()
+            .preopened_dir(&dir, "/b", FsPerms::ReadOnly)
+            .unwrap()
+            .build_p1();
+        assert_eq!(find(&mut same, 4), Some(FsPerms::ReadOnly));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A directory opened by the guest (not a preopen) and a second
     /// descriptor of the same directory list the same way; a name that is
     /// not UTF-8 gives the context's error.

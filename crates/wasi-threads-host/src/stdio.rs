@@ -652,6 +652,47 @@ mod tests {
         assert_eq!(got, expected);
     }
 
+    /// Writers racing on one output, some writes larger than the queue:
+    /// each write arrives whole, never cut by another's bytes.
+    #[test]
+    fn concurrent_writes_arrive_whole() {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let out = SharedOutput::from_writer(writer);
+        let reading = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).unwrap();
+            got
+        });
+        let sizes = [QUEUE_BYTES + 3, 100, QUEUE_BYTES / 2, 1, 3 * QUEUE_BYTES];
+        let writers: Vec<_> = (0..4u8)
+            .map(|t| {
+                let out = out.clone();
+                std::thread::spawn(move || {
+                    for (i, size) in sizes.iter().enumerate() {
+                        let byte = b'a' + t * 8 + i as u8;
+                        let write = out.write(Bytes::from(vec![byte; *size]));
+                        wasmtime_wasi::runtime::in_tokio(write).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        drop(out);
+        let got = reading.join().unwrap();
+        let mut runs = Vec::new();
+        for chunk in got.chunk_by(|a, b| a == b) {
+            runs.push((chunk[0], chunk.len()));
+        }
+        assert_eq!(runs.len(), 4 * sizes.len(), "a write was cut");
+        for (byte, len) in runs {
+            let (t, i) = ((byte - b'a') / 8, (byte - b'a') % 8);
+            assert!(t < 4);
+            assert_eq!(len, sizes[i as usize], "write {t}/{i}");
+        }
+    }
+
     #[test]
     fn a_closed_reader_is_an_error_not_a_hang() {
         let (reader, writer) = std::io::pipe().unwrap();
