@@ -98,6 +98,53 @@ pub struct SharedWasi {
     /// The open files whose reads, writes and position are handled beside
     /// the context, without its lock (see [`crate::files`]).
     pub(crate) files: Arc<Files>,
+    bypass: Bypass,
+}
+
+/// The calls [`SharedWasi`] answers beside the context for speed, each of
+/// which can be routed back to the context (under its lock) to measure what
+/// it gains: `WASI_THREADS_BYPASS_OFF` set to a comma-separated list of
+/// `files`, `stat`, `readdir`, `clocks`, `random`, `cli`, or `all`, read
+/// once per process. A benchmark knob (`docs/file-layer.md`); the answers
+/// are the same either way. The paths that keep threads from stalling each
+/// other (stdio, stdin, FIFO opens, sleeps) are not among them.
+#[derive(Clone, Copy)]
+struct Bypass(u8);
+
+impl Bypass {
+    const FILES: u8 = 1;
+    const STAT: u8 = 2;
+    const READDIR: u8 = 4;
+    const CLOCKS: u8 = 8;
+    const RANDOM: u8 = 16;
+    const CLI: u8 = 32;
+
+    fn from_env() -> Self {
+        static ON: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+        Bypass(*ON.get_or_init(|| {
+            let Some(off) = std::env::var_os("WASI_THREADS_BYPASS_OFF") else {
+                return u8::MAX;
+            };
+            let mut on = u8::MAX;
+            for name in off.to_string_lossy().split(',') {
+                on &= !match name.trim() {
+                    "files" => Self::FILES,
+                    "stat" => Self::STAT,
+                    "readdir" => Self::READDIR,
+                    "clocks" => Self::CLOCKS,
+                    "random" => Self::RANDOM,
+                    "cli" => Self::CLI,
+                    "all" => u8::MAX,
+                    _ => 0,
+                };
+            }
+            on
+        }))
+    }
+
+    fn on(self, which: u8) -> bool {
+        self.0 & which != 0
+    }
 }
 
 /// The arguments and environment as the context gives them to the guest:
@@ -365,8 +412,14 @@ impl SharedWasi {
 
     /// Shares `ctx`; blocking calls give up when `stop` fires.
     pub(crate) fn with_stop_signal(mut ctx: WasiP1Ctx, stop: StopSignal) -> Self {
+        let bypass = Bypass::from_env();
+        let cli = match bypass.on(Bypass::CLI) {
+            true => CliStrings::of(&mut ctx),
+            false => None,
+        };
         SharedWasi {
-            cli: Arc::new(parking_lot::RwLock::new(CliStrings::of(&mut ctx))),
+            bypass,
+            cli: Arc::new(parking_lot::RwLock::new(cli)),
             clocks: Clocks::move_out_of(&mut ctx),
             random: Arc::new(parking_lot::Mutex::new(std::mem::take(
                 ctx.ctx().ctx.random(),
@@ -454,7 +507,9 @@ impl SharedWasi {
             f(put_back.ctx)
         };
         // `f` may have replaced the context's arguments or environment.
-        *self.cli.write() = CliStrings::of(&mut ctx);
+        if self.bypass.on(Bypass::CLI) {
+            *self.cli.write() = CliStrings::of(&mut ctx);
+        }
         result
     }
 
@@ -931,10 +986,11 @@ impl WasiSnapshotPreview1 for SharedWasi {
     ) -> Result<types::Filestat, types::Error> {
         // One `statx`, without the context, of a file it is known to hold.
         #[cfg(target_os = "linux")]
-        if let Some(stat) = self
-            .files
-            .host_file(fd)
-            .and_then(|file| crate::stat::fd_filestat_get(&file))
+        if self.bypass.on(Bypass::STAT)
+            && let Some(stat) = self
+                .files
+                .host_file(fd)
+                .and_then(|file| crate::stat::fd_filestat_get(&file))
         {
             return Ok(stat);
         }
@@ -950,7 +1006,8 @@ impl WasiSnapshotPreview1 for SharedWasi {
     ) -> Result<types::Filestat, types::Error> {
         // One resolution of the path, not the context's two.
         #[cfg(target_os = "linux")]
-        if let Some(dir) = self.dir_of(memory, dirfd).await?
+        if self.bypass.on(Bypass::STAT)
+            && let Some(dir) = self.dir_of(memory, dirfd).await?
             && let Some(name) = Self::short_path(memory, path)
         {
             let follow = flags.contains(types::Lookupflags::SYMLINK_FOLLOW);
@@ -970,6 +1027,9 @@ impl WasiSnapshotPreview1 for SharedWasi {
         cookie: types::Dircookie,
     ) -> Result<types::Size, types::Error> {
         // The context's answer, without its `statx` of every entry.
+        if !self.bypass.on(Bypass::READDIR) {
+            return locked!(self, ctx => ctx.fd_readdir(memory, fd, buf, buf_len, cookie));
+        }
         locked!(self, ctx => crate::readdir::fd_readdir(&mut ctx, memory, fd, buf, buf_len, cookie))
     }
 
@@ -1020,9 +1080,13 @@ impl WasiSnapshotPreview1 for SharedWasi {
         let _held = self
             .wait_for_fifo(memory, dirfd, dirflags, path, oflags, base, fdflags)
             .await?;
-        let files = self.files.clone();
+        let (files, bypass) = (self.files.clone(), self.bypass);
         locked!(self, ctx => async {
-            let before = Files::snapshot(&mut ctx);
+            // `None`: nothing is adopted.
+            let before = bypass
+                .on(Bypass::FILES)
+                .then(|| Files::snapshot(&mut ctx))
+                .flatten();
             let fd = ctx
                 .path_open(memory, dirfd, dirflags, path, oflags, base, inheriting, fdflags)
                 .await?;
@@ -1090,18 +1154,24 @@ impl WasiSnapshotPreview1 for SharedWasi {
 
     fn clock_time_get(
         &mut self,
-        _memory: &mut GuestMemory<'_>,
+        memory: &mut GuestMemory<'_>,
         id: types::Clockid,
-        _precision: types::Timestamp,
+        precision: types::Timestamp,
     ) -> Result<types::Timestamp, types::Error> {
+        if !self.bypass.on(Bypass::CLOCKS) {
+            return self.lock()?.clock_time_get(memory, id, precision);
+        }
         self.clocks.lock().time(id)
     }
 
     fn clock_res_get(
         &mut self,
-        _memory: &mut GuestMemory<'_>,
+        memory: &mut GuestMemory<'_>,
         id: types::Clockid,
     ) -> Result<types::Timestamp, types::Error> {
+        if !self.bypass.on(Bypass::CLOCKS) {
+            return self.lock()?.clock_res_get(memory, id);
+        }
         self.clocks.lock().resolution(id)
     }
 
@@ -1158,6 +1228,9 @@ impl WasiSnapshotPreview1 for SharedWasi {
         // `wasmtime-wasi` allocates `buf_len` random bytes before it checks
         // the buffer: check first, then fill it a bounded chunk at a time.
         check_array(memory, buf, buf_len)?;
+        if !self.bypass.on(Bypass::RANDOM) {
+            return self.lock()?.random_get(memory, buf, buf_len);
+        }
         use wasmtime::error::Context as _;
         use wasmtime_wasi::p2::bindings::random::random::Host as _;
         let mut random = self.random.lock();
