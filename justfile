@@ -8,7 +8,7 @@ test:
 # Races between guest threads on one file description (tests/file_races.rs),
 # each scenario `runs` times.
 file-races runs="1000":
-    FILE_RACES_RUNS={{runs}} cargo test --release -p wasi-threads-cli --test file_races -- --test-threads 1
+    FILE_RACES_RUNS={{runs}} cargo test -p wasi-threads-cli --test file_races -- --test-threads 1
 
 # Run the CLI on a bundled fixture.
 run fixture="wasm-fixtures/rust-threads.wasm":
