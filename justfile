@@ -70,3 +70,10 @@ fuzz seconds="600":
 # The same check on stable Rust, over consecutive seeds.
 fuzz-stable seconds="600" seed="0":
     cargo run --release -p rewrite-diff -- --seconds {{seconds}} --seed {{seed}}
+
+# The concurrent differential test of the WASI file layer
+# (tests/wasi_linearizable.rs) for `seconds`, from a random base seed,
+# counting failures instead of stopping at the first; prints the totals
+# (histories, calls, linearization nodes explored, failures) at the end.
+wasi-race seconds="3600":
+    WASI_LIN_SECONDS={{seconds}} WASI_LIN_BASE=random WASI_LIN_KEEP_GOING=1 cargo test -p wasi-threads-host --test wasi_linearizable -- --nocapture concurrent_wasi_calls_are_linearizable
