@@ -14,7 +14,9 @@
 //! **How.** A seeded generator (splitmix64) builds a small world — a
 //! preopened scratch directory with two or three files and a subdirectory —
 //! a setup prefix run on one thread (several descriptors of one file, one of
-//! them in append mode, another file, the subdirectory), and 2–4 threads of
+//! them in append mode, another file, the subdirectory; a first listing of
+//! both directories and a first write to stdout, whose slow first use would
+//! otherwise keep the threads from overlapping), and 2–4 threads of
 //! calls: `path_open` (CREAT, TRUNC, EXCL, DIRECTORY, APPEND, read/write
 //! access), `fd_close`, `fd_renumber`, `fd_read`/`fd_write` at the cursor,
 //! `fd_pread`/`fd_pwrite`, `fd_seek` (SET/CUR/END, negative and huge
@@ -24,11 +26,14 @@
 //! `path_create_directory`, and `fd_write` to stdout. Some histories are
 //! weighted towards races: two threads on one shared descriptor, one doing
 //! many cursor writes (or reads, or appends of nothing) while the other
-//! seeks with `WHENCE_CUR`/`WHENCE_END` and offset 0 (what `ftell` does).
+//! seeks with `WHENCE_CUR`/`WHENCE_END` and offset 0 (what `ftell` does);
+//! writes to stdout while another thread renumbers a file onto fd 1; or
+//! listings and stats of a directory while another thread creates, renames
+//! and unlinks in it.
 //!
 //! The history runs on one [`SharedWasi`] (a clone per OS thread, as each
 //! guest thread's store holds one), the threads released together by a
-//! barrier; each call is driven as the host's linker glue drives it and is
+//! spinning barrier; each call is driven as the host's linker glue drives it and is
 //! bracketed by stamps of one global counter (taken before the call and
 //! after it), which give the real-time order. Recorded per call: the errno
 //! or the value, bytes read, the fd an open returned, stat and readdir
@@ -60,7 +65,9 @@
 //! `WASI_LIN_SECONDS` is the budget (20 s by default);
 //! `WASI_LIN_KEEP_GOING=1` counts failures instead of stopping at the first
 //! (the test still fails at the end); `WASI_LIN_DIR` places the scratch
-//! directories (the system temp dir by default). A failure prints the seed,
+//! directories (the system temp dir by default); `WASI_LIN_VERBOSE=1`
+//! prints a line per history, `WASI_LIN_SHOW=1` every history in full.
+//! A failure prints the seed,
 //! the history per thread with stamps, the observed results, the longest
 //! order the reference agreed with and where it first disagreed, and the
 //! command line that runs that seed again. `just wasi-race 3600` is the
@@ -83,7 +90,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasi_threads_host::{SharedOutput, SharedWasi, WasiThreads, compile, engine_config};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -334,7 +341,7 @@ fn tagged(rng: &mut Rng, thread: usize, call: usize, len: u64) -> Bytes {
 fn generate(seed: u64) -> Spec {
     let mut rng = Rng::new(seed);
     let race = rng.percent(50);
-    let variant = rng.below(3);
+    let variant = rng.pick(&[0, 0, 1, 1, 2, 2, 3, 4]);
     let a_len = if race && variant == 1 {
         rng.range(200, 400)
     } else {
@@ -368,6 +375,11 @@ fn generate(seed: u64) -> Spec {
         open("a", Oflags::empty(), Fdflags::APPEND, Access::ReadWrite),
         open("b", Oflags::empty(), Fdflags::empty(), Access::ReadWrite),
         open("sub", Oflags::DIRECTORY, Fdflags::empty(), Access::Read),
+        // First uses that are slow (the host finds the directories, starts
+        // stdout's pump), so that they do not keep the threads apart.
+        Op::Readdir(PREOPEN, 256, 0),
+        Op::Readdir(4 + SETUP_DIR as u32, 256, 0),
+        Op::Write(1, Bytes(b"[setup]".to_vec())),
     ];
     let (kind, threads) = if race {
         race_threads(&mut rng, variant)
@@ -397,6 +409,11 @@ fn generate(seed: u64) -> Spec {
 /// bytes, so the order of their calls shows in their results, not only in
 /// the file at the end (which would leave the search many orders to try).
 fn race_threads(rng: &mut Rng, variant: u64) -> (&'static str, Vec<Vec<Op<FdRef>>>) {
+    match variant {
+        3 => return ("race: stdout vs a renumber onto it", stdout_race(rng)),
+        4 => return ("race: directory churn vs readdir and stat", churn_race(rng)),
+        _ => {}
+    }
     let fd = match variant {
         2 => FdRef::Setup(2),
         _ => FdRef::Setup(rng.below(2) as usize),
@@ -443,6 +460,74 @@ fn race_threads(rng: &mut Rng, variant: u64) -> (&'static str, Vec<Vec<Op<FdRef>
         _ => "race: appends (some of nothing) vs tells",
     };
     (kind, threads)
+}
+
+/// One thread writes to stdout and looks at what fd 1 is, while another
+/// renumbers a file onto fd 1 and writes to it: a write that starts after
+/// anyone saw fd 1 become the file must go to the file.
+fn stdout_race(rng: &mut Rng) -> Vec<Vec<Op<FdRef>>> {
+    let stdout = FdRef::Raw(1);
+    let a = (0..rng.range(20, 40) as usize)
+        .map(|i| {
+            if rng.percent(60) {
+                Op::Write(stdout, Bytes(format!("[A{i}]").into_bytes()))
+            } else {
+                Op::Fdstat(stdout)
+            }
+        })
+        .collect();
+    let mut b: Vec<_> = (0..rng.range(2, 10))
+        .map(|_| match rng.below(3) {
+            0 => Op::Tell(FdRef::Setup(3)),
+            1 => Op::Filestat(FdRef::Setup(3)),
+            _ => Op::Fdstat(stdout),
+        })
+        .collect();
+    b.push(Op::Renumber(FdRef::Setup(3), stdout));
+    for i in 0..rng.range(3, 8) as usize {
+        b.push(if rng.percent(70) {
+            Op::Write(stdout, Bytes(format!("[B{i}]").into_bytes()))
+        } else {
+            Op::Fdstat(stdout)
+        });
+    }
+    vec![a, b]
+}
+
+/// One thread lists the preopened directory and stats names in it while
+/// another creates, renames, unlinks and makes directories there.
+fn churn_race(rng: &mut Rng) -> Vec<Vec<Op<FdRef>>> {
+    let names = ["n1", "n2", "c", "b"];
+    let a = (0..rng.range(15, 30))
+        .map(|_| match rng.below(100) {
+            0..50 => Op::Readdir(FdRef::Raw(PREOPEN), 256, rng.range(0, 3)),
+            50..80 => Op::PathFilestat(FdRef::Raw(PREOPEN), rng.pick(&names), rng.percent(50)),
+            _ => Op::Readdir(FdRef::Setup(SETUP_DIR), 256, 0),
+        })
+        .collect();
+    let mut b = Vec::new();
+    let mut opens = 0;
+    for _ in 0..rng.range(15, 30) {
+        let dir = FdRef::Raw(PREOPEN);
+        b.push(match rng.below(100) {
+            0..25 => {
+                opens += 1;
+                Op::Open {
+                    dir,
+                    path: rng.pick(&names[..3]),
+                    oflags: Oflags::CREAT,
+                    fdflags: Fdflags::empty(),
+                    access: Access::ReadWrite,
+                }
+            }
+            25..50 => Op::Unlink(dir, rng.pick(&names)),
+            50..75 => Op::Rename(dir, rng.pick(&names), dir, rng.pick(&names)),
+            75..85 => Op::Mkdir(dir, rng.pick(&names[..2])),
+            _ if opens > 0 => Op::Close(FdRef::Own(rng.below(opens) as usize)),
+            _ => Op::Unlink(FdRef::Setup(SETUP_DIR), "x"),
+        });
+    }
+    vec![a, b]
 }
 
 /// `len` calls of any kind.
@@ -1018,7 +1103,8 @@ fn run_ours(spec: &Spec, threads: &WasiThreads<()>, dir: &Path) -> History {
         .collect();
 
     let clock = AtomicU64::new(0);
-    let barrier = Barrier::new(spec.threads.len());
+    let ready = AtomicU64::new(0);
+    let n = spec.threads.len() as u64;
     let mut calls: Vec<Call> = std::thread::scope(|s| {
         let handles: Vec<_> = spec
             .threads
@@ -1026,13 +1112,25 @@ fn run_ours(spec: &Spec, threads: &WasiThreads<()>, dir: &Path) -> History {
             .enumerate()
             .map(|(t, ops)| {
                 let mut wasi = wasi.clone();
-                let (clock, barrier, setup_fds) = (&clock, &barrier, &setup_fds);
+                let (clock, ready, setup_fds) = (&clock, &ready, &setup_fds);
                 let shared = spec.shared_memory;
                 s.spawn(move || {
                     let mut memory = Memory::new(shared);
                     let mut own: Vec<u32> = Vec::new();
                     let mut calls = Vec::new();
-                    barrier.wait();
+                    // Released together: a spinning start (a parked
+                    // thread takes longer to wake than a short history
+                    // takes to run).
+                    ready.fetch_add(1, Ordering::SeqCst);
+                    let mut spins = 0u32;
+                    while ready.load(Ordering::SeqCst) < n {
+                        spins += 1;
+                        if spins.is_multiple_of(1024) {
+                            std::thread::yield_now();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
                     for op in ops {
                         let op = op.map(|fd| match fd {
                             FdRef::Setup(i) => setup_fds[i],
@@ -1660,6 +1758,10 @@ fn check_one(
     totals.nodes += search.stats.nodes;
     totals.replays += search.stats.replays;
     let failure = match verdict {
+        Ok(Verdict::Linearizable) if std::env::var_os("WASI_LIN_SHOW").is_some() => {
+            eprintln!("{}", report(&spec, &h, &search, "linearizable"));
+            None
+        }
         Ok(Verdict::Linearizable) => None,
         Ok(Verdict::NotLinearizable) => {
             totals.failures += 1;
@@ -1703,7 +1805,11 @@ fn concurrent_wasi_calls_are_linearizable() {
         next = next.wrapping_add(1);
         let deadline = Instant::now() + SEARCH_TIME;
         if let Some(failure) = check_one(seed, deadline, &threads, &mut totals, |_| {}) {
-            eprintln!("{failure}");
+            eprintln!(
+                "{failure}(found after {:.1} s, history {} of this run)",
+                started.elapsed().as_secs_f64(),
+                totals.histories
+            );
             time_to_first.get_or_insert((started.elapsed(), totals.histories));
             first_failure.get_or_insert(failure);
             if !settings.keep_going {
