@@ -351,7 +351,7 @@ fn generate(seed: u64) -> Spec {
     let race = rng.percent(50);
     let variant = rng.pick(&[0, 0, 1, 1, 2, 2, 3, 4]);
     let a_len = if race && variant == 1 {
-        rng.range(200, 400)
+        rng.range(400, 600)
     } else {
         rng.range(0, 40)
     };
@@ -428,7 +428,9 @@ fn race_threads(rng: &mut Rng, variant: u64) -> (&'static str, Vec<Vec<Op<FdRef>
     };
     let mut a = Vec::new();
     let mut b = Vec::new();
-    let n = rng.range(20, 40) as usize;
+    // A read and a seek are over faster than writes: more of them.
+    let (lo, hi) = if variant == 1 { (40, 60) } else { (20, 40) };
+    let n = rng.range(lo, hi) as usize;
     for i in 0..n {
         a.push(match (variant, rng.below(100)) {
             (_, 0..15) => Op::Tell(fd),
@@ -440,7 +442,7 @@ fn race_threads(rng: &mut Rng, variant: u64) -> (&'static str, Vec<Vec<Op<FdRef>
             _ => Op::Write(fd, Bytes(Vec::new())),
         });
     }
-    let n = rng.range(20, 40) as usize;
+    let n = rng.range(lo, hi) as usize;
     for i in 0..n {
         b.push(match (variant, rng.below(100)) {
             (2, 0..50) => {
