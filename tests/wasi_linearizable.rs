@@ -33,32 +33,40 @@
 //!
 //! The history runs on one [`SharedWasi`] (a clone per OS thread, as each
 //! guest thread's store holds one), the threads released together by a
-//! spinning barrier; each call is driven as the host's linker glue drives it and is
-//! bracketed by stamps of one global counter (taken before the call and
-//! after it), which give the real-time order. Recorded per call: the errno
-//! or the value, bytes read, the fd an open returned, stat and readdir
-//! output normalized (file types, sizes, link counts, names, cookies; never
-//! timestamps, inode numbers or device numbers); at the end, every file of
-//! the scratch directory (names, types, bytes) and everything written to
-//! stdout.
+//! spinning barrier; each call is driven as the host's linker glue drives
+//! it and is bracketed by stamps of one global counter (taken before the
+//! call and after it), which give the real-time order. Recorded per call:
+//! the errno or the value, bytes read, the fd an open returned, stat and
+//! readdir output normalized (file types, sizes, link counts, names,
+//! cookies; never timestamps, inode numbers or device numbers); at the end,
+//! every file of the scratch directory (names, types, bytes) and
+//! everything written to stdout.
 //!
-//! The check is a Wing & Gong / Lowe search: depth first over the calls that
-//! may come next (all their thread's earlier calls done, and no call not yet
-//! placed returned before they were made), each applied to the reference —
-//! a fresh `WasiCtxBuilder::build_p1()` context over a fresh copy of the
-//! world, called through the same `WasiSnapshotPreview1` trait, replaying
-//! setup and the order so far — and kept only if the reference gives
-//! exactly the observed result (and stdout so far is a prefix of what was
-//! observed); a complete order must leave exactly the observed files and
-//! stdout. Nodes are memoized on (calls done, a fingerprint of the
-//! reference's whole state: the files, every open descriptor's type, flags,
-//! rights, position and the file it names, the highest fd number handed
-//! out, stdout's length, and the order listings give). Backtracking
-//! replays the prefix from scratch;
-//! calls that cannot change state (`fd_tell`, stats, `fd_readdir`,
-//! `fd_pread`) need no replay. fd numbers are compared exactly: the context
+//! The check is a Wing & Gong / Lowe search: depth first over the calls
+//! that may come next (all their thread's earlier calls done, and no call
+//! not yet placed returned before they were made), each applied to the
+//! reference — a fresh `WasiCtxBuilder::build_p1()` context over a fresh
+//! copy of the world, called through the same `WasiSnapshotPreview1`
+//! trait, replaying setup and the order so far — and kept only if the
+//! reference gives exactly the observed result (and stdout so far is a
+//! prefix of what was observed); a complete order must leave exactly the
+//! observed files and stdout. fd numbers are compared exactly: the context
 //! numbers descriptors deterministically from the order of opens, closes
 //! and renumbers, and our host lets the context do all of those.
+//!
+//! What keeps the search small: a call that changes nothing (`fd_tell`,
+//! the stats, `fd_readdir`, `fd_pread`, `fd_seek` by 0 from the current
+//! position) and agrees with the reference is placed for good (any order
+//! placing it later gives the same results with it there), and trying it
+//! costs no replay; a seek or read the reference disagrees with is undone
+//! by putting the position back; writes are tried first where their bytes
+//! land as the end state shows. Backtracking otherwise replays the prefix
+//! from scratch. Once a node has failed, nodes are memoized on (calls
+//! done, a fingerprint of the reference's whole state: the files, every
+//! open descriptor's type, flags, rights, position and the file it names,
+//! the highest fd number handed out, stdout's length, and the order
+//! listings give). A search past 300 000 nodes or 10 s is *undecided*:
+//! reported, counted, not a failure.
 //!
 //! One allowance: a read that returns as many bytes as the reference but
 //! other ones, while another thread wrote the file through another
@@ -73,13 +81,13 @@
 //! `WASI_LIN_SECONDS` is the budget (20 s by default);
 //! `WASI_LIN_KEEP_GOING=1` counts failures instead of stopping at the first
 //! (the test still fails at the end); `WASI_LIN_DIR` places the scratch
-//! directories (the system temp dir by default); `WASI_LIN_VERBOSE=1`
-//! prints a line per history, `WASI_LIN_SHOW=1` every history in full.
-//! A failure prints the seed,
-//! the history per thread with stamps, the observed results, the longest
-//! order the reference agreed with and where it first disagreed, and the
-//! command line that runs that seed again. `just wasi-race 3600` is the
-//! long run.
+//! directories (the system temp dir by default; `/dev/shm` runs about
+//! twice as many histories, and tmpfs takes offsets up to 2^63 where ext4
+//! stops at 16 TiB); `WASI_LIN_VERBOSE=1` prints a line per history,
+//! `WASI_LIN_SHOW=1` every history in full. A failure prints the seed, the
+//! history per thread with stamps, the observed results, the longest order
+//! the reference agreed with and where it first disagreed, and the command
+//! line that runs that seed again. `just wasi-race 3600` is the long run.
 //!
 //! **Left out.** FIFOs: the open of a FIFO blocks until its other end
 //! exists, and a sequential replay of a blocking open cannot work (the FIFO
