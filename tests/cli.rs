@@ -943,3 +943,56 @@ fn a_bad_dir_is_reported_before_the_module_is_read() {
         assert!(!run.stderr.contains("WebAssembly"), "{}", run.stderr);
     }
 }
+
+#[test]
+fn flag_codegen_cache_config_turns_on_wasmtimes_cache_with_that_file() {
+    let scratch = Scratch::new("flag-cache-config");
+    let path = fixture("c-pthreads.wasm");
+    let path = path.to_str().unwrap();
+    let missing = scratch.0.join("missing.toml");
+    let run = cli(&["-C", &format!("cache-config={}", missing.display()), path]);
+    assert_exit(&run, 1);
+    assert!(
+        run.stderr.starts_with("Error: failed to read config file"),
+        "{}",
+        run.stderr
+    );
+    let wasmtime_cache = scratch.0.join("wasmtime-cache");
+    let config = scratch.file(
+        "cache.toml",
+        &format!(
+            "[cache]\ndirectory = {:?}\n",
+            wasmtime_cache.to_str().unwrap()
+        ),
+    );
+    let run = cli_cached(
+        &scratch,
+        &["-C", &format!("cache-config={config}"), path],
+        "warn",
+    );
+    assert_exit(&run, 0);
+    let entries = walk_files(&wasmtime_cache);
+    assert!(
+        entries
+            .iter()
+            .any(|p| p.to_string_lossy().contains("modules")),
+        "{entries:?}"
+    );
+    assert_usage_error(&cli(&["-C", "cache-config", path]), &["cache-config"]);
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
