@@ -157,9 +157,13 @@ fn evict(dir: &Path, max_size: u64, keep: &str) {
         let path = file.path();
         let modified = meta.modified().unwrap_or(now);
         let name = file.file_name().to_string_lossy().into_owned();
+        // Only this cache's own files: a BLAKE3 key in hex, then the kind.
         let Some((key, extension)) = name.split_once('.') else {
             continue;
         };
+        if !(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())) {
+            continue;
+        }
         if extension.starts_with("tmp") {
             if now.duration_since(modified).unwrap_or_default() > STALE_TEMPORARY {
                 let _ = std::fs::remove_file(&path);
@@ -415,12 +419,15 @@ mod tests {
         assert!(!cached(1), "the least recently used is evicted");
         assert!(!dir.join(format!("{}.map", keys[1])).exists());
         assert!(size_of_dir() <= one * 2 + one / 2);
+        // Files that are not the cache's own are never touched.
+        std::fs::write(dir.join("notes.map"), b"mine").unwrap();
         // The entry just written is kept even when it alone is too large.
         ModuleCache::new(&dir)
             .max_size(1)
             .compile_guest(&engine, &module(1))
             .unwrap();
         assert!(cached(1) && !cached(0) && !cached(2));
+        assert!(dir.join("notes.map").is_file());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
