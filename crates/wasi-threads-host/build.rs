@@ -25,9 +25,12 @@ fn main() {
             .to_str()
             .expect("UTF-8 file names under src/rewrite")
             .replace('\\', "/");
+        // Relative to the crate as it is compiled, not as this script saw it:
+        // a checkout moved (or a second one sharing the target directory)
+        // must not read another's files.
         out.push_str(&format!(
-            "    ({relative:?}, include_bytes!({:?})),\n",
-            file.to_str().expect("a UTF-8 path to src/rewrite")
+            "    ({relative:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?}))),\n",
+            format!("/src/rewrite/{relative}")
         ));
     }
     out.push_str("];\n");

@@ -45,6 +45,11 @@
 //!
 //! Only regular files on Linux are adopted (checked on first use: for a
 //! FIFO or a device the position means nothing and the context keeps it).
+//!
+//! How threads share one adopted descriptor (each operation at the position
+//! one syscall; what the locks guard; the hand-back) is
+//! [`crate::open_file`]'s, model-checked in `tests/files_model.rs`; this
+//! module keeps the table of them and reads the guest's iovecs.
 
 pub(crate) use crate::open_file::{At, OpenFile};
 use parking_lot::{Mutex, RwLock};

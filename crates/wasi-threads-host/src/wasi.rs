@@ -3,7 +3,7 @@
 //! `wasmtime-wasi`'s [`WasiP1Ctx`] is `Send` but not `Sync` and every call
 //! takes `&mut`, so [`SharedWasi`] keeps the one context (one fd table) behind
 //! a lock that every thread's store data points to. Calls that can block are
-//! raced against the program's [`StopSignal`], so the supervisor can end a
+//! raced against the program's stop signal, so the supervisor can end a
 //! thread stuck in one, and every wait for the lock heeds it too: a thread
 //! that holds it while blocked (see below) stalls the threads that need the
 //! context only until the program stops, and they then leave (within 2 ms).
@@ -22,20 +22,22 @@
 //! calls `wasmtime-wasi`'s own preview1 functions use.
 //!
 //! Reads, writes, seeks and `fd_tell` of the files `path_open` opens do not
-//! take it either: [`crate::files`] keeps, beside the context, each such
-//! file's host file, append flag and position, and the context stays the one
-//! fd table (opening, closing, renumbering and flag changes still go through
-//! it and update those entries under its lock). Nor do `fd_filestat_get`
-//! of those files and of directories the host has found, and
-//! `path_filestat_get` in those directories ([`crate::stat`], Linux: one
+//! take it either: the host's `files` module keeps, beside the context,
+//! each such file's host file, append flag and position, and the context
+//! stays the one fd table (opening, closing, renumbering and flag changes
+//! still go through it and update those entries under its lock). Nor do
+//! `fd_filestat_get` of those files and of directories the host has found, and
+//! `path_filestat_get` in those directories (its `stat` module, Linux: one
 //! sandboxed `statx` each, where the context takes two).
 //!
 //! What still holds it: every other call on a descriptor, for the length of
 //! the call, I/O included (`wasmtime-wasi` keeps the table private, so such
 //! a call runs inside the locked context). None of those waits for another
 //! party but the open of a FIFO, and that wait happens before the context
-//! is taken ([`crate::fifo`], Linux): a thread opening a FIFO nobody else
-//! opens holds nothing, and leaves when the program stops.
+//! is taken (its `fifo` module, Linux): a thread opening a FIFO nobody
+//! else opens holds nothing, and leaves when the program stops. Each call
+//! answered beside the context, and what pins its answers to the
+//! context's, is listed in `docs/file-layer.md`.
 //!
 //! No size or pointer the guest passes is trusted: the calls implemented
 //! here check counts against the memory before they allocate or loop, and
@@ -413,10 +415,10 @@ impl SharedWasi {
     /// Shares `ctx`; blocking calls give up when `stop` fires.
     pub(crate) fn with_stop_signal(mut ctx: WasiP1Ctx, stop: StopSignal) -> Self {
         let bypass = Bypass::from_env();
-        let cli = match bypass.on(Bypass::CLI) {
-            true => CliStrings::of(&mut ctx),
-            false => None,
-        };
+        let cli = bypass
+            .on(Bypass::CLI)
+            .then(|| CliStrings::of(&mut ctx))
+            .flatten();
         SharedWasi {
             bypass,
             cli: Arc::new(parking_lot::RwLock::new(cli)),
