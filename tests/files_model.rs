@@ -11,7 +11,11 @@
 //! one the file description ends at.
 //!
 //! Run with
-//! `cargo test -p wasi-threads-host --features model-check --test files_model`.
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p wasi-threads-host --test lifecycle_model --test files_model`
+//! (see `tests/lifecycle_model.rs`). Without `--cfg loom` this file compiles
+//! to nothing.
+
+#![cfg(loom)]
 
 use loom::sync::{Arc, Mutex};
 use loom::thread;

@@ -3,9 +3,12 @@
 //! a program ends, and of the worker pool's keep-alive hand-off.
 //!
 //! Run with
-//! `cargo test -p wasi-threads-host --features model-check --test lifecycle_model`
-//! (the feature builds the lifecycle core on loom's primitives; nothing else
-//! is rebuilt with different flags).
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p wasi-threads-host --test lifecycle_model --test files_model`
+//! (`cfg(loom)` builds the lifecycle core on loom's primitives; the separate
+//! target directory keeps the normal build). Without `--cfg loom` this file
+//! compiles to nothing.
+
+#![cfg(loom)]
 
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -122,10 +122,11 @@ pub use wasi::SharedWasi;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
-/// The lifecycle core and the pool's idle count, exposed only to the model
-/// checks in `tests/lifecycle_model.rs` (feature `model-check`, which builds
-/// them on `loom`'s primitives). Not part of the API.
-#[cfg(feature = "model-check")]
+/// The lifecycle core, the pool's idle count and an adopted file's protocol,
+/// exposed only to the model checks in `tests/lifecycle_model.rs` and
+/// `tests/files_model.rs` (built with `--cfg loom`, which puts them on
+/// `loom`'s primitives). Not part of the API.
+#[cfg(loom)]
 #[doc(hidden)]
 pub mod model_check {
     pub use crate::lifecycle::{Cause, Closed, Lifecycle, Phase};

@@ -1,20 +1,25 @@
 //! The synchronisation primitives of the lifecycle core ([`crate::lifecycle`]
 //! and the pool's idle count) and of an adopted file's protocol
-//! ([`crate::open_file`]), in one place so that the `model-check` feature
-//! can swap them for `loom`'s and model-check the protocols
-//! (`tests/lifecycle_model.rs`, `tests/files_model.rs`) without rebuilding
-//! anything else.
+//! ([`crate::open_file`]), in one place so that `--cfg loom` can swap them
+//! for `loom`'s and model-check the protocols (`tests/lifecycle_model.rs`,
+//! `tests/files_model.rs`), as tokio does:
 //!
-//! With `model-check` on, these types only work inside `loom::model`: build
-//! with the feature only to run the model checks.
+//! ```text
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//!     cargo test -p wasi-threads-host --test lifecycle_model --test files_model
+//! ```
+//!
+//! Under `cfg(loom)` these types only work inside `loom::model`: it is a
+//! build for the model checks alone, never a cargo feature (features are
+//! additive, and `--all-features` must give a working library).
 
-#[cfg(not(feature = "model-check"))]
+#[cfg(not(loom))]
 pub(crate) use std::sync::{
     Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicUsize, Ordering},
 };
 
-#[cfg(feature = "model-check")]
+#[cfg(loom)]
 pub(crate) use loom::sync::{
     Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicUsize, Ordering},
