@@ -11,11 +11,11 @@
 //! one the file description ends at.
 //!
 //! Run with
-//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p wasi-threads-host --test lifecycle_model --test files_model`
-//! (see `tests/lifecycle_model.rs`). Without `--cfg loom` this file compiles
+//! `RUSTFLAGS="--cfg wasi_threads_loom" CARGO_TARGET_DIR=target/loom cargo test -p wasi-threads-host --test lifecycle_model --test files_model`
+//! (see `tests/lifecycle_model.rs`). Without `--cfg wasi_threads_loom` this file compiles
 //! to nothing.
 
-#![cfg(loom)]
+#![cfg(wasi_threads_loom)]
 
 use loom::sync::{Arc, Mutex};
 use loom::thread;

@@ -3,12 +3,12 @@
 //! a program ends, and of the worker pool's keep-alive hand-off.
 //!
 //! Run with
-//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p wasi-threads-host --test lifecycle_model --test files_model`
-//! (`cfg(loom)` builds the lifecycle core on loom's primitives; the separate
-//! target directory keeps the normal build). Without `--cfg loom` this file
+//! `RUSTFLAGS="--cfg wasi_threads_loom" CARGO_TARGET_DIR=target/loom cargo test -p wasi-threads-host --test lifecycle_model --test files_model`
+//! (`cfg(wasi_threads_loom)` builds the lifecycle core on loom's primitives; the separate
+//! target directory keeps the normal build). Without `--cfg wasi_threads_loom` this file
 //! compiles to nothing.
 
-#![cfg(loom)]
+#![cfg(wasi_threads_loom)]
 
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

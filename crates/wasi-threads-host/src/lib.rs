@@ -124,9 +124,9 @@ pub struct ReadmeDoctests;
 
 /// The lifecycle core, the pool's idle count and an adopted file's protocol,
 /// exposed only to the model checks in `tests/lifecycle_model.rs` and
-/// `tests/files_model.rs` (built with `--cfg loom`, which puts them on
+/// `tests/files_model.rs` (built with `--cfg wasi_threads_loom`, which puts them on
 /// `loom`'s primitives). Not part of the API.
-#[cfg(loom)]
+#[cfg(wasi_threads_loom)]
 #[doc(hidden)]
 pub mod model_check {
     pub use crate::lifecycle::{Cause, Closed, Lifecycle, Phase};

@@ -25,7 +25,7 @@
 //! (`WasiThreads`' `guest_thread`); `run` waits on this type for the cause
 //! and then for the admitted threads. The state lives under one lock, so the
 //! protocol is small enough to model-check exhaustively with `loom`
-//! (`tests/lifecycle_model.rs`, built with `--cfg loom`).
+//! (`tests/lifecycle_model.rs`, built with `--cfg wasi_threads_loom`).
 
 use crate::supervisor::Outcome;
 use crate::sync::{Condvar, Mutex, lock};

@@ -28,7 +28,7 @@
 //!
 //! The protocol is generic over the [`Description`] so that
 //! `tests/files_model.rs` can check it with `loom` on a model of the
-//! kernel's file description (built with `--cfg loom`, like the lifecycle).
+//! kernel's file description (built with `--cfg wasi_threads_loom`, like the lifecycle).
 
 use crate::sync::{self, Mutex, RwLock};
 use wasmtime_wasi::p1::types;

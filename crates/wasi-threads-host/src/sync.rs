@@ -1,25 +1,27 @@
 //! The synchronisation primitives of the lifecycle core ([`crate::lifecycle`]
 //! and the pool's idle count) and of an adopted file's protocol
-//! ([`crate::open_file`]), in one place so that `--cfg loom` can swap them
-//! for `loom`'s and model-check the protocols (`tests/lifecycle_model.rs`,
-//! `tests/files_model.rs`), as tokio does:
+//! ([`crate::open_file`]), in one place so that `--cfg wasi_threads_loom` can
+//! swap them for `loom`'s and model-check the protocols
+//! (`tests/lifecycle_model.rs`, `tests/files_model.rs`), as tokio's
+//! `--cfg loom` does (a name of our own: under `cfg(loom)` tokio leaves out
+//! `tokio::net`, which wasmtime-wasi needs):
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//! RUSTFLAGS="--cfg wasi_threads_loom" CARGO_TARGET_DIR=target/loom \
 //!     cargo test -p wasi-threads-host --test lifecycle_model --test files_model
 //! ```
 //!
-//! Under `cfg(loom)` these types only work inside `loom::model`: it is a
-//! build for the model checks alone, never a cargo feature (features are
+//! Under `cfg(wasi_threads_loom)` these types only work inside `loom::model`:
+//! it is a build for the model checks alone, never a cargo feature (features are
 //! additive, and `--all-features` must give a working library).
 
-#[cfg(not(loom))]
+#[cfg(not(wasi_threads_loom))]
 pub(crate) use std::sync::{
     Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicUsize, Ordering},
 };
 
-#[cfg(loom)]
+#[cfg(wasi_threads_loom)]
 pub(crate) use loom::sync::{
     Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     atomic::{AtomicUsize, Ordering},
