@@ -376,7 +376,8 @@ fn spawning_at_the_limit_everywhere_while_a_thread_traps() {
             .unwrap();
         match &outcome {
             Outcome::Trap { tid, trap }
-                if *tid != wasi_threads_host::MAIN_TID && trap.message.contains("unreachable") => {}
+                if *tid != wasi_threads_host::MAIN_TID
+                    && trap.message().contains("unreachable") => {}
             other => panic!("run {run}: {other}"),
         }
         // Only Linux lists a process's threads by name (/proc/self/task).

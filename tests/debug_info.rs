@@ -126,7 +126,7 @@ fn trap_in_thread(fixture: &str) -> (Vec<u8>, GuestModule, String) {
     let Outcome::Trap { trap, .. } = outcome else {
         panic!("expected a trap, got {outcome}");
     };
-    let backtrace = trap.backtrace.expect("a backtrace");
+    let backtrace = trap.backtrace().expect("a backtrace").to_string();
     (bytes, guest, backtrace)
 }
 
@@ -352,7 +352,7 @@ fn native_debug_info_accepts_the_remapped_dwarf() {
         let Outcome::Trap { trap, .. } = outcome else {
             panic!("{fixture}: expected a trap, got {outcome}");
         };
-        let backtrace = trap.backtrace.unwrap_or_default();
+        let backtrace = trap.backtrace().unwrap_or_default();
         assert!(backtrace.contains("boom"), "{fixture}: {backtrace}");
     }
 }

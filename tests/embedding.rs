@@ -11,7 +11,7 @@ use wasi_threads_host::{
     MAIN_TID, Outcome, Runner, SharedWasi, ThreadEvent, ThreadExit, ThreadsConfig, WasiThreads,
     compile, engine_config,
 };
-use wasmtime::{Engine, Linker};
+use wasmtime::{Engine, Linker, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -277,7 +277,11 @@ fn rewritten_wait_and_notify_keep_their_semantics() {
         match run_checks(&wat) {
             Outcome::Trap { tid, trap } => {
                 assert_eq!(tid, MAIN_TID);
-                assert!(trap.message.contains(message), "{what}: {}", trap.message);
+                assert!(
+                    trap.message().contains(message),
+                    "{what}: {}",
+                    trap.message()
+                );
             }
             other => panic!("{what}: expected a trap, got {other:?}"),
         }
@@ -466,7 +470,107 @@ fn an_embedders_epochs_are_its_own() {
     });
     let outcome = run_recording_guest(&engine, threads, Default::default(), |_, _, _| {});
     assert!(
-        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("interrupt")),
+        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message().contains("interrupt")),
         "{outcome:?}"
     );
+    let Outcome::Trap { trap, .. } = &outcome else {
+        unreachable!()
+    };
+    assert_eq!(trap.trap_code(), Some(Trap::Interrupt));
+}
+
+/// An embedder's fuel, set in `store_setup`, runs out in a spawned thread:
+/// the outcome gives the engine's trap code to match on, with the message
+/// the command line prints.
+#[test]
+fn an_embedder_matches_the_trap_code() {
+    let mut config = engine_config();
+    config.consume_fuel(true);
+    let engine = Engine::new(&config).unwrap();
+    // The spawned thread spins; the main thread waits for ever.
+    let module = compile(
+        &engine,
+        br#"(module
+          (import "wasi" "thread-spawn" (func $spawn (param i32) (result i32)))
+          (import "env" "memory" (memory 1 1 shared))
+          (func (export "wasi_thread_start") (param i32 i32) (loop $l (br $l)))
+          (func (export "_start")
+            (drop (call $spawn (i32.const 0)))
+            (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))"#,
+    )
+    .unwrap();
+    let config = ThreadsConfig::new().store_setup(|store| store.set_fuel(100_000));
+    let threads = WasiThreads::with_config(&engine, &module, config).unwrap();
+    let outcome = run_recording_guest(&engine, threads, Default::default(), |_, _, _| {});
+    let Outcome::Trap { tid, trap } = &outcome else {
+        panic!("expected a trap, got {outcome:?}");
+    };
+    assert_eq!(*tid, 1);
+    assert_eq!(trap.trap_code(), Some(Trap::OutOfFuel));
+    assert_eq!(trap.error().downcast_ref::<Trap>(), Some(&Trap::OutOfFuel));
+    assert_eq!(trap.message(), Trap::OutOfFuel.to_string());
+    assert!(
+        outcome
+            .to_string()
+            .starts_with(&format!("thread 1 trapped: {}", Trap::OutOfFuel)),
+        "{outcome}"
+    );
+}
+
+/// The embedder's own error type, returned by its own host function.
+#[derive(Debug, PartialEq)]
+struct Refused {
+    arg: i32,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused start argument {}", self.arg)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A host function of the embedder's fails with the embedder's own error:
+/// the outcome hands that error back as itself, with no trap code, and its
+/// message as before.
+#[test]
+fn an_embedders_host_error_comes_back_as_itself() {
+    let engine = engine();
+    let module = compile(&engine, RECORDING_GUEST.as_bytes()).unwrap();
+    let threads = WasiThreads::new(&engine, &module).unwrap();
+    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let store = threads
+        .new_store(State {
+            wasi,
+            calls: Default::default(),
+        })
+        .unwrap();
+    let mut linker = Linker::new(&engine);
+    threads.add_to_linker(&mut linker, &store).unwrap();
+    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    linker
+        .func_wrap(
+            "host",
+            "record",
+            |_: wasmtime::Caller<'_, State>, _tid: i32, arg: i32| -> wasmtime::Result<()> {
+                if arg == 102 {
+                    return Err(wasmtime::Error::new(Refused { arg }));
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    let outcome = threads.run(&linker, store).unwrap();
+    let Outcome::Trap { tid, trap } = &outcome else {
+        panic!("expected a trap, got {outcome:?}");
+    };
+    // Start arguments 100, 101, 102 went to TIDs 1, 2, 3.
+    assert_eq!(*tid, 3);
+    assert_eq!(
+        trap.error().downcast_ref::<Refused>(),
+        Some(&Refused { arg: 102 })
+    );
+    assert_eq!(trap.trap_code(), None);
+    assert_eq!(trap.message(), "refused start argument 102");
 }

@@ -238,9 +238,9 @@ fn poll_oneoff_with_u32_max_subscriptions_traps() {
     match survives(&engine, &dir, &wat) {
         Outcome::Trap { trap, .. } => {
             assert!(
-                trap.message.contains("out of bounds") || trap.message.contains("overflow"),
+                trap.message().contains("out of bounds") || trap.message().contains("overflow"),
                 "{}",
-                trap.message
+                trap.message()
             )
         }
         other => panic!("{other}"),

@@ -419,7 +419,11 @@ fn a_large_wasm_stack_gets_an_os_stack_that_holds_it() {
         .unwrap();
     match outcome {
         Outcome::Trap { tid: 0, trap } => {
-            assert!(trap.message.contains("stack exhausted"), "{}", trap.message)
+            assert!(
+                trap.message().contains("stack exhausted"),
+                "{}",
+                trap.message()
+            )
         }
         other => panic!("expected a stack overflow trap, got {other:?}"),
     }

@@ -14,8 +14,8 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::mpsc::channel;
 use loom::thread;
-use wasi_threads_host::model_check::{Cause, Closed, IdleCount, Lifecycle, Phase};
-use wasi_threads_host::{Outcome, TrapInfo};
+use wasi_threads_host::Outcome;
+use wasi_threads_host::model_check::{Cause, Closed, IdleCount, Lifecycle, Phase, trap_info};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -40,10 +40,7 @@ fn exit(code: i32, tid: u32) -> Cause {
 fn trap(tid: u32) -> Cause {
     Cause::Ended(Outcome::Trap {
         tid,
-        trap: TrapInfo {
-            message: "unreachable".into(),
-            backtrace: None,
-        },
+        trap: trap_info(),
     })
 }
 

@@ -245,7 +245,7 @@ fn trap_during_a_spawn_burst() {
     repeat(
         &module,
         200,
-        |o| matches!(o, Outcome::Trap { tid, trap } if *tid != MAIN_TID && trap.message.contains("unreachable")),
+        |o| matches!(o, Outcome::Trap { tid, trap } if *tid != MAIN_TID && trap.message().contains("unreachable")),
     );
 }
 

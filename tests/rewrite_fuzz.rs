@@ -132,9 +132,9 @@ fn host_waits_trap_out_of_bounds_when_the_address_overflows() {
             .unwrap();
         match outcome {
             wasi_threads_host::Outcome::Trap { trap, .. } => assert!(
-                trap.message.contains("out of bounds"),
+                trap.message().contains("out of bounds"),
                 "{op}: {}",
-                trap.message
+                trap.message()
             ),
             other => panic!("{op}: {other:?}"),
         }

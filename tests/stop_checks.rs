@@ -301,7 +301,7 @@ fn a_guest_unreachable_while_running_is_a_trap() {
         .run_module(&module)
         .unwrap();
     assert!(
-        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("unreachable")),
+        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message().contains("unreachable")),
         "{outcome:?}"
     );
 }
@@ -336,7 +336,7 @@ fn a_guest_raising_the_flag_itself_ends_with_a_trap() {
         .run_module(&module)
         .unwrap();
     assert!(
-        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message.contains("unreachable")),
+        matches!(&outcome, Outcome::Trap { trap, .. } if trap.message().contains("unreachable")),
         "{outcome:?}"
     );
 }

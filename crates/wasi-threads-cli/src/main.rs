@@ -44,8 +44,8 @@ fn main() -> ExitCode {
             match &outcome {
                 Outcome::Exit { .. } => {}
                 Outcome::Trap { tid, trap } => {
-                    eprintln!("Error: thread {tid} trapped: {}", trap.message);
-                    if let Some(backtrace) = &trap.backtrace {
+                    eprintln!("Error: thread {tid} trapped: {}", trap.message());
+                    if let Some(backtrace) = trap.backtrace() {
                         eprintln!("{backtrace}");
                     }
                 }

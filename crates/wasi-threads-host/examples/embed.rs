@@ -48,7 +48,7 @@ fn main() -> wasmtime::Result<std::process::ExitCode> {
         Outcome::Exit { code, tid } => {
             eprintln!("embed: exit {code} from thread {tid}, {spawned} threads spawned")
         }
-        Outcome::Trap { tid, trap } => eprintln!("embed: thread {tid} trapped: {}", trap.message),
+        Outcome::Trap { tid, trap } => eprintln!("embed: thread {tid} trapped: {}", trap.message()),
         other => eprintln!("embed: {other}"),
     }
     // The guest's status, truncated to 0..=255 as the OS would.

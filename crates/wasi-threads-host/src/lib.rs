@@ -132,4 +132,10 @@ pub mod model_check {
     pub use crate::lifecycle::{Cause, Closed, Lifecycle, Phase};
     pub use crate::open_file::{At, Description, OpenFile, Whence};
     pub use crate::pool::IdleCount;
+
+    /// A trap as a guest's `unreachable` gives it.
+    pub fn trap_info() -> crate::TrapInfo {
+        let trap = wasmtime::Trap::UnreachableCodeReached;
+        crate::TrapInfo::new(trap.to_string(), None, trap.into())
+    }
 }

@@ -197,14 +197,14 @@ impl<T: Clone + Send + 'static> Shared<T> {
             // The main thread's instantiation trapped: the program could not
             // start.
             ThreadExit::Trap(trap) if is_main && !instantiated.get() => {
-                Some(Cause::FailedToStart(trap.message.clone()))
+                Some(Cause::FailedToStart(trap.message().to_string()))
             }
             exit => exit.outcome(tid).map(Cause::Ended),
         };
         match &exit {
             ThreadExit::Returned => log::debug!("thread {tid} returned"),
             ThreadExit::Exit(code) => log::debug!("thread {tid} called proc_exit({code})"),
-            ThreadExit::Trap(trap) => log::debug!("thread {tid} trapped: {}", trap.message),
+            ThreadExit::Trap(trap) => log::debug!("thread {tid} trapped: {}", trap.message()),
             ThreadExit::Stopped => log::debug!("thread {tid} stopped"),
             ThreadExit::HostPanic(message) => {
                 log::debug!("thread {tid}: host code panicked: {message}")
@@ -308,7 +308,7 @@ pub(crate) fn classify(err: wasmtime::Error, offsets: Option<(&OffsetMap, &Modul
         _ => backtrace,
     };
     let backtrace = backtrace.filter(|bt| !bt.trim().is_empty());
-    ThreadExit::Trap(TrapInfo { message, backtrace })
+    ThreadExit::Trap(TrapInfo::new(message, backtrace, err))
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -54,13 +54,105 @@ impl ThreadExit {
     }
 }
 
-/// What a trap looked like.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a thread trapped: the error its entry point returned, with its
+/// message and wasm backtrace as text.
+///
+/// [`trap_code`](Self::trap_code) tells a trap of the engine
+/// ([`Trap::OutOfFuel`](wasmtime::Trap::OutOfFuel),
+/// [`Trap::StackOverflow`](wasmtime::Trap::StackOverflow), an embedder's
+/// epoch [`Trap::Interrupt`](wasmtime::Trap::Interrupt), ...), and
+/// [`error`](Self::error) is the original error, so that an error returned
+/// by an embedder's own host function comes back as itself:
+///
+/// ```no_run
+/// # use wasi_threads_host::Outcome;
+/// # #[derive(Debug)] struct MyError;
+/// # impl std::fmt::Display for MyError {
+/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("mine") }
+/// # }
+/// # impl std::error::Error for MyError {}
+/// # fn check(outcome: Outcome) {
+/// if let Outcome::Trap { trap, .. } = &outcome {
+///     if trap.trap_code() == Some(wasmtime::Trap::OutOfFuel) { /* ... */ }
+///     if let Some(mine) = trap.error().downcast_ref::<MyError>() { /* ... */ }
+/// }
+/// # }
+/// ```
+///
+/// Two `TrapInfo`s are equal when their trap codes, messages and backtraces
+/// are.
+#[derive(Clone)]
 pub struct TrapInfo {
-    /// The trap's message, e.g. "wasm `unreachable` instruction executed".
-    pub message: String,
-    /// The wasm backtrace, as Wasmtime prints it, when one was captured.
-    pub backtrace: Option<String>,
+    message: String,
+    backtrace: Option<String>,
+    error: Arc<wasmtime::Error>,
+}
+
+impl TrapInfo {
+    pub(crate) fn new(message: String, backtrace: Option<String>, error: wasmtime::Error) -> Self {
+        TrapInfo {
+            message,
+            backtrace,
+            error: Arc::new(error),
+        }
+    }
+
+    /// The trap's message, e.g. "wasm `unreachable` instruction executed";
+    /// for an error of a host function, its chain of causes joined by ": ".
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The wasm backtrace, as Wasmtime prints it (in the offsets of the
+    /// module the user built when the program kept its offset map), when one
+    /// was captured.
+    pub fn backtrace(&self) -> Option<&str> {
+        self.backtrace.as_deref()
+    }
+
+    /// The engine's trap code, when the thread ended on one (rather than on
+    /// an error of a host function).
+    pub fn trap_code(&self) -> Option<wasmtime::Trap> {
+        self.error.downcast_ref::<wasmtime::Trap>().copied()
+    }
+
+    /// The error the thread's entry point returned, for
+    /// [`downcast_ref`](wasmtime::Error::downcast_ref) to an embedder's own
+    /// error type.
+    pub fn error(&self) -> &wasmtime::Error {
+        &self.error
+    }
+}
+
+impl PartialEq for TrapInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.trap_code() == other.trap_code()
+            && self.message == other.message
+            && self.backtrace == other.backtrace
+    }
+}
+
+impl Eq for TrapInfo {}
+
+impl fmt::Debug for TrapInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrapInfo")
+            .field("trap_code", &self.trap_code())
+            .field("message", &self.message)
+            .field("backtrace", &self.backtrace)
+            .finish()
+    }
+}
+
+/// The message, then the backtrace on the lines after it when there is one.
+impl fmt::Display for TrapInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(bt) = &self.backtrace {
+            write!(f, "\n{bt}")?;
+        }
+        Ok(())
+    }
 }
 
 /// How a whole program ended: the first cause wins.
@@ -112,13 +204,7 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Exit { code, tid } => write!(f, "exit code {code} (thread {tid})"),
-            Outcome::Trap { tid, trap } => {
-                write!(f, "thread {tid} trapped: {}", trap.message)?;
-                if let Some(bt) = &trap.backtrace {
-                    write!(f, "\n{bt}")?;
-                }
-                Ok(())
-            }
+            Outcome::Trap { tid, trap } => write!(f, "thread {tid} trapped: {trap}"),
             Outcome::HostPanic { tid, message } => {
                 write!(f, "host code panicked on thread {tid}: {message}")
             }
