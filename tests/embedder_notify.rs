@@ -40,7 +40,7 @@ fn a_host_function_wakes_a_parked_guest_thread() {
     let threads = WasiThreads::with_config(
         &engine,
         &module,
-        ThreadsConfig::new().timeout(Some(Duration::from_secs(20))),
+        ThreadsConfig::new().timeout(Duration::from_secs(20)),
     )
     .unwrap();
     let notifier = threads

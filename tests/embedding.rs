@@ -143,6 +143,48 @@ fn runner_with_captured_stdout() {
     assert!(out.contains("mutex counter: 40000\n"), "{out}");
 }
 
+/// Writes its arguments to stdout as the guest has them, each ended by a NUL.
+const ARGV_GUEST: &str = r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    (drop (call $get (i32.const 16) (i32.const 256)))
+    (i32.store (i32.const 8) (i32.const 256))
+    (i32.store (i32.const 12) (i32.load (i32.const 4)))
+    (drop (call $write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 100)))))"#;
+
+#[test]
+fn runner_sets_argv0_from_the_file_it_runs() {
+    let path = std::env::temp_dir().join(format!("wasi-threads-argv0-{}.wat", std::process::id()));
+    std::fs::write(&path, ARGV_GUEST).unwrap();
+    let run = |runner: Runner| {
+        let stdout = MemoryOutputPipe::new(4096);
+        let captured = stdout.clone();
+        let outcome = runner
+            .inherit_stdio(false)
+            .configure_wasi(move |b| {
+                b.stdout(captured);
+            })
+            .run_file(&path)
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Exit {
+                code: 0,
+                tid: MAIN_TID
+            }
+        );
+        String::from_utf8(stdout.contents().to_vec()).unwrap()
+    };
+    assert_eq!(run(Runner::new()), format!("{}\0", path.display()));
+    assert_eq!(run(Runner::new().args(["prog", "x"])), "prog\0x\0");
+    assert_eq!(run(Runner::new().arg("app")), "app\0");
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn cancel_from_another_thread() {
     let start = Instant::now();
@@ -353,7 +395,7 @@ fn missing_entry_point_makes_spawn_fail_not_abort() {
     assert_eq!(
         run_checks(wat),
         Outcome::Exit {
-            code: wasi_threads_host::ENOSYS,
+            code: wasi_threads_host::errno::ENOSYS,
             tid: MAIN_TID
         }
     );
@@ -367,7 +409,7 @@ fn missing_entry_point_makes_spawn_fail_not_abort() {
     assert_eq!(
         run_checks(wrong_type),
         Outcome::Exit {
-            code: wasi_threads_host::ENOSYS,
+            code: wasi_threads_host::errno::ENOSYS,
             tid: MAIN_TID
         }
     );

@@ -52,7 +52,7 @@ fn assert_stopped(name: &str, wat: &str) {
     let config = ThreadsConfig::new()
         .keep_alive(Duration::ZERO)
         .join_timeout(Duration::from_secs(20))
-        .timeout(Some(Duration::from_secs(60)));
+        .timeout(Duration::from_secs(60));
     let mut threads = WasiThreads::with_config(&engine, &module, config).unwrap();
     let events = threads.events();
     let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);

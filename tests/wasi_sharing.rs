@@ -612,9 +612,10 @@ fn run_library(wat: &str, dir: &std::path::Path, timeout: Option<Duration>) -> L
 
     let engine = Engine::new(&engine_config()).unwrap();
     let module = compile(&engine, wat.as_bytes()).unwrap();
-    let config = ThreadsConfig::new()
-        .join_timeout(JOIN_TIMEOUT)
-        .timeout(timeout);
+    let mut config = ThreadsConfig::new().join_timeout(JOIN_TIMEOUT);
+    if let Some(timeout) = timeout {
+        config = config.timeout(timeout);
+    }
     let mut threads = WasiThreads::with_config(&engine, &module, config).unwrap();
     let events = threads.events();
     let mut builder = WasiCtxBuilder::new();

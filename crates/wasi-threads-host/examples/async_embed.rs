@@ -27,7 +27,6 @@ async fn main() -> wasmtime::Result<std::process::ExitCode> {
     let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
     let program = tokio::task::spawn_blocking(move || {
         Runner::new()
-            .arg(path.clone())
             .on_start(move |cancel| {
                 let _ = cancel_tx.send(cancel);
             })

@@ -96,6 +96,19 @@ mod tid;
 mod wait;
 pub mod wasi;
 
+/// The errno values `thread-spawn` returns, negated, to a guest that could
+/// not get a thread (a guest may pass them on as its exit code). They are
+/// WASI's numbers, not the host libc's: `EAGAIN` is 6 here and 11 on Linux.
+pub mod errno {
+    /// `EAGAIN`: a limit was hit ([`ThreadsConfig::max_threads`](crate::ThreadsConfig::max_threads)),
+    /// or the program is ending; wasi-libc's `pthread_create` reports it as
+    /// `EAGAIN` too.
+    pub const EAGAIN: i32 = 6;
+    /// `ENOSYS`: the module cannot start threads at all (it exports no
+    /// `wasi_thread_start(i32, i32)`).
+    pub const ENOSYS: i32 = 52;
+}
+
 pub use program::{
     DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
     HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
@@ -108,10 +121,8 @@ pub use rewrite::{
 #[doc(hidden)]
 pub use rewrite::{rewrite, rewrite_with_map};
 pub use runner::Runner;
-pub use spawn::{EAGAIN, ENOSYS};
 pub use stdin::SharedStdin;
 pub use stdio::SharedOutput;
-pub use stop::Stopped;
 pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
 pub use tid::MAX_TID;
 pub use wait::Notifier;

@@ -96,8 +96,9 @@ impl<T: 'static> ThreadsConfig<T> {
 
     /// A wall-clock limit for the whole program: past it, every thread is
     /// stopped and the outcome is [`Outcome::TimedOut`].
-    pub fn timeout(mut self, limit: Option<Duration>) -> Self {
-        self.timeout = limit;
+    /// Default: none.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
         self
     }
 

@@ -22,8 +22,8 @@ type WasiSetup = Box<dyn FnOnce(&mut WasiCtxBuilder) + Send>;
 /// ```no_run
 /// use wasi_threads_host::{Outcome, Runner};
 /// # fn main() -> wasmtime::Result<()> {
+/// // The guest's argv is ["app.wasm"]; `.arg`/`.args` would set it.
 /// let outcome = Runner::new()
-///     .arg("app.wasm")
 ///     .env("RUST_BACKTRACE", "1")
 ///     .preopened_dir("./data", "/data")
 ///     .run_file("app.wasm")?;
@@ -91,7 +91,8 @@ impl Runner {
         self
     }
 
-    /// Appends one argument; the first is the program name (`argv[0]`).
+    /// Appends one argument; the first is the program name (`argv[0]`,
+    /// which [`run_file`](Self::run_file) otherwise sets to its path).
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
@@ -202,9 +203,14 @@ impl Runner {
         self
     }
 
-    /// Compiles and runs the module in the file at `path`.
-    pub fn run_file(self, path: impl AsRef<Path>) -> Result<Outcome> {
+    /// Compiles and runs the module in the file at `path`. Unless
+    /// [`arg`](Self::arg) or [`args`](Self::args) gave the guest's
+    /// arguments, its `argv[0]` is `path`, as `wasmtime run` has it.
+    pub fn run_file(mut self, path: impl AsRef<Path>) -> Result<Outcome> {
         let path = path.as_ref();
+        if self.args.is_empty() {
+            self.args.push(path.to_string_lossy().into_owned());
+        }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         self.run_bytes(&bytes)
@@ -245,13 +251,13 @@ impl Runner {
 
     fn run_prepared(self, module: &Module, guest: Option<&GuestModule>) -> Result<Outcome> {
         let engine = module.engine().clone();
-        let mut config =
-            ThreadsConfig::new()
-                .timeout(self.timeout)
-                .store_setup(|store: &mut Store<State>| {
-                    store.limiter(|state| &mut state.limits);
-                    Ok(())
-                });
+        let mut config = ThreadsConfig::new().store_setup(|store: &mut Store<State>| {
+            store.limiter(|state| &mut state.limits);
+            Ok(())
+        });
+        if let Some(limit) = self.timeout {
+            config = config.timeout(limit);
+        }
         if let Some(bytes) = self.max_wasm_stack {
             let engines = engine.get_max_wasm_stack();
             if engines != bytes {

@@ -2,6 +2,7 @@
 //! thread — the main thread and every spawned one — runs from start to end
 //! ([`Shared::guest_thread`]).
 
+use crate::errno::{EAGAIN, ENOSYS};
 use crate::interrupt::{self, StopFlag};
 use crate::lifecycle::{Cause, Lifecycle, Phase};
 use crate::pool::{Finishing, Job, WorkerPool};
@@ -19,12 +20,6 @@ use wasmtime::{
     Caller, Engine, ExternType, InstancePre, Linker, Module, Result, Store, Trap, ValType,
     WasmBacktrace,
 };
-
-/// WASI errno `EAGAIN`: a limit was hit; wasi-libc's `pthread_create` reports
-/// it as `EAGAIN` too.
-pub const EAGAIN: i32 = 6;
-/// WASI errno `ENOSYS`: the module cannot start threads at all.
-pub const ENOSYS: i32 = 52;
 
 /// Ticks from now to a program store's default epoch deadline: never, in
 /// practice, and far from overflowing the engine's epoch counter.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// It is never an outcome of its own: the cause that made the supervisor stop
 /// the program is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stopped;
+pub(crate) struct Stopped;
 
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
