@@ -1,7 +1,7 @@
 //! Startup cost of a module: the rewrite alone, a first (uncached) compile,
 //! and a run of `compile_guest_cached` with a warm cache.
 //!
-//!     cargo run --release -p wasi-threads-host --example startup -- MODULE.wasm [RUNS]
+//!     cargo run --release -p wasi-threads-bench --bin startup -- MODULE.wasm [RUNS]
 
 use std::time::{Duration, Instant};
 use wasi_threads_host::{compile_guest, compile_guest_cached, engine_config, rewrite};
