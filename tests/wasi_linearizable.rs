@@ -1341,6 +1341,17 @@ impl Reference {
         })
     }
 
+    /// Whether some descriptor but fd 2 (stderr) is still stdout.
+    fn has_stdout(&mut self) -> bool {
+        let memory = &mut GuestMemory::Unshared(&mut self.memory);
+        (0..=self.max_fd + 1).filter(|&fd| fd != 2).any(|fd| {
+            drive(self.ctx.fd_fdstat_get(memory, fd.into())).is_ok_and(|st| {
+                st.fs_filetype == types::Filetype::Unknown
+                    && st.fs_rights_base.contains(Rights::FD_WRITE)
+            })
+        })
+    }
+
     fn tell(&mut self, fd: u32) -> Option<u64> {
         let memory = &mut GuestMemory::Unshared(&mut self.memory);
         self.ctx.fd_tell(memory, fd.into()).ok()
@@ -1650,6 +1661,20 @@ impl<'a> Search<'a> {
                 Bytes(stdout.to_vec())
             );
             self.note_disagreement(path, what);
+            return Ok(Some(false));
+        }
+        // stdout only grows, and only through the descriptor that is it
+        // (fd 1, unless renumbered; the generator never touches fd 2, the
+        // only other like it): once none is left, what is missing stays so.
+        let observed = self.h.stdout.len();
+        let reference = self.at(path)?;
+        if reference.stdout().len() < observed && !reference.has_stdout() {
+            let what = format!(
+                "stdout is closed, and the reference's is {:?}",
+                Bytes(reference.stdout().to_vec())
+            );
+            self.note_disagreement(path, what);
+            self.stats.dead_ends += 1;
             return Ok(Some(false));
         }
         // Memoized only once some node has failed: until then the search
