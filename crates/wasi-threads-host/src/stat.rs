@@ -53,6 +53,12 @@ pub(crate) fn path_filestat_get(
             return Some(Err(errno.into()));
         }
     };
+    // A path names no file without links: the one found was unlinked or
+    // replaced (a rename over it) while this looked, which a call under
+    // the context's lock cannot see. The context answers, after that.
+    if cap_primitives::fs::MetadataExt::nlink(&meta) == 0 {
+        return None;
+    }
     Some(Ok(filestat(&meta)?))
 }
 
