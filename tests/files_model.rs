@@ -312,3 +312,76 @@ fn positions_past_the_kernels_racing_writes() {
         );
     });
 }
+
+/// An append racing a seek to a position the file description refuses
+/// (kept beside it): the position the seek set is not undone by the
+/// append's move to the end, when the seek came after the append.
+#[test]
+fn append_racing_a_seek_past_the_kernels() {
+    model(|| {
+        let (open, _file) = open(b"0", true);
+        let appender = {
+            let open = open.clone();
+            thread::spawn(move || write(&open, At::Cursor, b"a"))
+        };
+        let sought = seek(&open, MAX_OFFSET + 1, Whence::Cur);
+        appender.join().unwrap();
+        let told = open.tell().unwrap().unwrap();
+        let far = MAX_OFFSET as u64 + 1;
+        // The append first (the seek from its end), or the seek first (the
+        // append then moves the position to the end).
+        assert!(
+            (sought == far + 2 && told == far + 2) || (sought == far && told == 2),
+            "seek gave {sought}, then tell {told}"
+        );
+    });
+}
+
+/// A positional write on an append descriptor (which Linux appends) racing
+/// the hand-back to the context (which takes the description out of append
+/// mode): it appends, or is left to the context.
+#[test]
+fn positional_append_racing_release() {
+    model(|| {
+        let (open, file) = open(b"ab", true);
+        let writer = {
+            let open = open.clone();
+            thread::spawn(move || {
+                let bytes = b"z";
+                open.write(At::Offset(0), || Ok((bytes.as_ptr(), bytes.len())))
+                    .map(|n| n.unwrap())
+            })
+        };
+        open.release().unwrap();
+        match writer.join().unwrap() {
+            Some(1) => assert_eq!(file.contents(), b"abz"),
+            None => assert_eq!(file.contents(), b"ab"),
+            other => panic!("wrote {other:?}"),
+        }
+    });
+}
+
+/// A write through a descriptor racing its renumbering: it lands before the
+/// renumber returns (so before a write through the new number), or is left
+/// to the context (which no longer has the old number).
+#[test]
+fn write_racing_renumber_lands_before_it_returns() {
+    model(|| {
+        let (open, file) = open(b"", false);
+        let writer = {
+            let open = open.clone();
+            thread::spawn(move || {
+                let bytes = b"a";
+                open.write(At::Cursor, || Ok((bytes.as_ptr(), bytes.len())))
+                    .map(|n| n.unwrap())
+            })
+        };
+        let moved = open.renumber();
+        write(&moved, At::Cursor, b"b");
+        match writer.join().unwrap() {
+            Some(1) => assert_eq!(file.contents(), b"ab"),
+            None => assert_eq!(file.contents(), b"b"),
+            other => panic!("wrote {other:?}"),
+        }
+    });
+}

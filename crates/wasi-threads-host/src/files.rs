@@ -205,7 +205,9 @@ impl Files {
             let _ = old.release();
         }
         if let Some(file) = open.remove(&u32::from(from)) {
-            open.insert(to.into(), file);
+            // A new entry: a thread that looked `from` up before must not
+            // write through it after the renumber returned.
+            open.insert(to.into(), Arc::new(file.renumber()));
         }
     }
 

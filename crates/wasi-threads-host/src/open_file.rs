@@ -92,6 +92,10 @@ struct State {
     regular: Option<bool>,
     append: bool,
     pos: Pos,
+    /// Counts the moves of the position to one kept here ([`Pos::At`]),
+    /// each made with no I/O at the offset under way: an append that began
+    /// before one such move ended before it, and leaves the position alone.
+    parked: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -126,6 +130,7 @@ impl<D: Description> OpenFile<D> {
                 append,
                 // As the context starts every descriptor.
                 pos: Pos::At(0),
+                parked: 0,
             }),
             in_flight: RwLock::new(()),
         }
@@ -146,7 +151,7 @@ impl<D: Description> OpenFile<D> {
             self.file.is_regular() && (!state.append || self.file.set_append(true).is_ok());
         state.regular = Some(regular);
         if let (true, Pos::At(pos)) = (regular, state.pos) {
-            state.pos = self.kernel_or_at(pos);
+            self.kernel_or_at(state, pos, false);
         }
         regular
     }
@@ -190,6 +195,28 @@ impl<D: Description> OpenFile<D> {
         pos
     }
 
+    /// The descriptor renumbered (`fd_renumber`): waits for the I/O at the
+    /// offset under way, ends this entry as [`OpenFile::release`] does (a
+    /// thread that looked it up by the old number goes to the context,
+    /// which no longer has that number), and returns the entry for the new
+    /// number, with this one's state. The file description is left as it is.
+    pub fn renumber(&self) -> Self {
+        let mut state = sync::lock(&self.state);
+        let _settled = sync::write(&self.in_flight);
+        let moved = OpenFile {
+            file: self.file.clone(),
+            state: Mutex::new(State {
+                regular: state.regular,
+                append: state.append,
+                pos: state.pos,
+                parked: state.parked,
+            }),
+            in_flight: RwLock::new(()),
+        };
+        state.regular = Some(false);
+        moved
+    }
+
     /// `fd_write` (`At::Cursor`) or `fd_pwrite` of the buffer `buf` gives,
     /// as `wasmtime-wasi` does it on a file; `None` if this descriptor is
     /// not handled here (the context must do it, `buf` untouched).
@@ -207,25 +234,40 @@ impl<D: Description> OpenFile<D> {
             let append = state.append;
             Ok(match (append, at, state.pos) {
                 (true, At::Cursor, _) | (false, At::Cursor, Pos::Kernel) => {
+                    let parked = state.parked;
                     let io = sync::read(&self.in_flight);
                     drop(state);
                     // SAFETY: `buf` gave a range of the guest's memory, which
                     // its caller keeps mapped for this call.
                     let n = unsafe { self.file.write(ptr, len) };
                     drop(io);
+                    let n = match n {
+                        // The kernel checks the offset even for an append:
+                        // one far out (a seek near 2^63) refuses a write the
+                        // context appends.
+                        Err(e) if append && e.raw_os_error() == Some(libc::EINVAL) => {
+                            self.append_from_the_end(ptr, len).unwrap_or(Err(e))
+                        }
+                        n => n,
+                    };
                     let n = n.map_err(io_error)?;
                     if append {
-                        self.appended(len);
+                        self.appended(len, parked);
                     }
                     n
                 }
                 (_, At::Offset(offset), _) => {
+                    // Held so that a hand-back (which takes the description
+                    // out of append mode) waits for it.
+                    let io = sync::read(&self.in_flight);
                     drop(state);
                     // Linux `pwrite` on an append file description appends
                     // and leaves its offset alone, as the context's
                     // `pwritev2` does.
                     // SAFETY: as above.
-                    unsafe { self.file.write_at(ptr, len, offset) }.map_err(io_error)?
+                    let n = unsafe { self.file.write_at(ptr, len, offset) };
+                    drop(io);
+                    n.map_err(io_error)?
                 }
                 (false, At::Cursor, Pos::At(pos)) => {
                     // SAFETY: as above.
@@ -238,11 +280,30 @@ impl<D: Description> OpenFile<D> {
         })())
     }
 
-    /// After an append of `len` bytes at the end: the position is the end
-    /// of the file, as the context leaves it.
-    fn appended(&self, len: usize) {
+    /// An append the kernel refused for the offset it started from: moves
+    /// the offset to the end (where the append goes anyway) and appends
+    /// there, with no other I/O at the offset between the two. `None` if the
+    /// descriptor is no longer handled here or no longer in append mode.
+    fn append_from_the_end(&self, ptr: *const u8, len: usize) -> Option<std::io::Result<usize>> {
+        let state = sync::lock(&self.state);
+        let _settled = sync::write(&self.in_flight);
+        if state.regular != Some(true) || !state.append {
+            return None;
+        }
+        if let Err(e) = self.file.seek(0, Whence::End) {
+            return Some(Err(e));
+        }
+        // SAFETY: as for `write`, whose caller's range this is.
+        Some(unsafe { self.file.write(ptr, len) })
+    }
+
+    /// After an append of `len` bytes at the end, begun when `parked` moves
+    /// to a kept position had been made: the position is the end of the
+    /// file, as the context leaves it, unless a seek since kept a position
+    /// here (that seek came after the append).
+    fn appended(&self, len: usize, parked: u64) {
         let mut state = sync::lock(&self.state);
-        if state.regular != Some(true) {
+        if state.regular != Some(true) || state.parked != parked {
             return;
         }
         state.pos = if len == 0 {
@@ -319,7 +380,7 @@ impl<D: Description> OpenFile<D> {
         Some(match (whence, state.pos) {
             (Whence::Set, _) => match u64::try_from(offset) {
                 Ok(pos) => {
-                    state.pos = self.kernel_or_at(pos);
+                    self.kernel_or_at(&mut state, pos, false);
                     Ok(pos)
                 }
                 Err(_) => Err(types::Errno::Inval.into()),
@@ -334,10 +395,10 @@ impl<D: Description> OpenFile<D> {
                 // the offset held still.
                 Err(_) => {
                     let _settled = sync::write(&self.in_flight);
-                    self.seek_here(&mut state, offset, whence)
+                    self.seek_here(&mut state, offset, whence, true)
                 }
             },
-            (_, Pos::At(_)) => self.seek_here(&mut state, offset, whence),
+            (_, Pos::At(_)) => self.seek_here(&mut state, offset, whence, false),
         })
     }
 
@@ -349,13 +410,14 @@ impl<D: Description> OpenFile<D> {
         state: &mut State,
         offset: i64,
         whence: Whence,
+        settled: bool,
     ) -> Result<u64, types::Error> {
         let from = match whence {
             Whence::Cur => self.resolve(state)?,
             _ => self.file.size().map_err(io_error)?,
         };
         let pos = from.checked_add_signed(offset).ok_or(types::Errno::Inval)?;
-        state.pos = self.kernel_or_at(pos);
+        self.kernel_or_at(state, pos, settled);
         Ok(pos)
     }
 
@@ -378,12 +440,20 @@ impl<D: Description> OpenFile<D> {
     }
 
     /// Moves the file description's offset to `pos` and lets it be the
-    /// position, or keeps `pos` here if the kernel refuses it.
-    fn kernel_or_at(&self, pos: u64) -> Pos {
-        match i64::try_from(pos).map(|pos| self.file.seek(pos, Whence::Set)) {
-            Ok(Ok(_)) => Pos::Kernel,
-            _ => Pos::At(pos),
+    /// position, or keeps `pos` here if the kernel refuses it: then only
+    /// once the I/O at the offset under way is over (it came first), unless
+    /// the caller holds `in_flight` already (`settled`), so that no append
+    /// moves the position after this seek.
+    fn kernel_or_at(&self, state: &mut State, pos: u64, settled: bool) {
+        if let Ok(Ok(_)) = i64::try_from(pos).map(|pos| self.file.seek(pos, Whence::Set)) {
+            state.pos = Pos::Kernel;
+            return;
         }
+        if matches!(state.pos, Pos::Kernel) && !settled {
+            drop(sync::write(&self.in_flight));
+        }
+        state.pos = Pos::At(pos);
+        state.parked += 1;
     }
 }
 
