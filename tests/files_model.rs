@@ -162,8 +162,14 @@ fn open(data: &[u8], append: bool) -> (Arc<OpenFile<ModelFile>>, std::sync::Arc<
     (Arc::new(OpenFile::new(file.clone(), append)), file)
 }
 
+/// A write, or `None` if the descriptor is no longer handled here.
+fn try_write(open: &OpenFile<ModelFile>, at: At, bytes: &[u8]) -> Option<std::io::Result<usize>> {
+    let written = open.write(at, || Ok((bytes.as_ptr(), bytes.len())))?;
+    Some(written.map_err(|_| std::io::Error::other("write failed")))
+}
+
 fn write(open: &OpenFile<ModelFile>, at: At, bytes: &[u8]) -> usize {
-    open.write(at, || Ok((bytes.as_ptr(), bytes.len())))
+    try_write(open, at, bytes)
         .expect("handled here")
         .expect("written")
 }
@@ -257,11 +263,7 @@ fn release_racing_write_hands_back_a_settled_position() {
         let (open, file) = open(b"", false);
         let writer = {
             let open = open.clone();
-            thread::spawn(move || {
-                let bytes = b"a";
-                open.write(At::Cursor, || Ok((bytes.as_ptr(), bytes.len())))
-                    .map(|n| n.unwrap())
-            })
+            thread::spawn(move || try_write(&open, At::Cursor, b"a").map(|n| n.unwrap()))
         };
         let handed = open.release().unwrap();
         let wrote = writer.join().unwrap();
@@ -289,8 +291,7 @@ fn positions_past_the_kernels_racing_writes() {
         let writer = {
             let open = open.clone();
             thread::spawn(move || {
-                let bytes = b"c";
-                open.write(At::Cursor, || Ok((bytes.as_ptr(), bytes.len())))
+                try_write(&open, At::Cursor, b"c")
                     .expect("handled here")
                     .is_ok()
             })
@@ -346,11 +347,7 @@ fn positional_append_racing_release() {
         let (open, file) = open(b"ab", true);
         let writer = {
             let open = open.clone();
-            thread::spawn(move || {
-                let bytes = b"z";
-                open.write(At::Offset(0), || Ok((bytes.as_ptr(), bytes.len())))
-                    .map(|n| n.unwrap())
-            })
+            thread::spawn(move || try_write(&open, At::Offset(0), b"z").map(|n| n.unwrap()))
         };
         open.release().unwrap();
         match writer.join().unwrap() {
@@ -370,11 +367,7 @@ fn write_racing_renumber_lands_before_it_returns() {
         let (open, file) = open(b"", false);
         let writer = {
             let open = open.clone();
-            thread::spawn(move || {
-                let bytes = b"a";
-                open.write(At::Cursor, || Ok((bytes.as_ptr(), bytes.len())))
-                    .map(|n| n.unwrap())
-            })
+            thread::spawn(move || try_write(&open, At::Cursor, b"a").map(|n| n.unwrap()))
         };
         let moved = open.renumber();
         write(&moved, At::Cursor, b"b");
