@@ -1,6 +1,6 @@
 //! Model checks, with `loom`, of the protocol by which threads read, write
 //! and seek an adopted file without the shared context
-//! (`crates/wasi-threads-host/src/open_file.rs`): every interleaving (up to
+//! (`crates/wasi-threads-host/src/wasi/open_file.rs`): every interleaving (up to
 //! loom's preemption bound) of the protocol's locks and of the syscalls on
 //! the file description, modelled here as the kernel makes them: each one
 //! atomic, the offset moved by reads and writes at it.

@@ -111,7 +111,7 @@ fn growth_is_capped_by_the_harness() {
 }
 
 /// The harness's host waits model Wasmtime's native instruction; the
-/// project's own (`wait.rs`, what `Runner` links) must trap the same way.
+/// project's own (`program/wait.rs`, what `Runner` links) must trap the same way.
 /// An address plus offset past 2^32 traps natively as out of bounds even when
 /// it is also misaligned (see `rewrite-corpus/overflowing-address.wat`).
 #[test]

@@ -72,28 +72,10 @@
 #[cfg(not(any(feature = "cranelift", feature = "winch")))]
 compile_error!("wasi-threads-host needs a compiler: enable its `cranelift` or `winch` feature");
 
-#[cfg(target_os = "linux")]
-mod fifo;
-mod files;
-mod interrupt;
-mod lifecycle;
-mod memory;
-mod open_file;
-mod pool;
 mod program;
-mod readdir;
 mod rewrite;
 mod runner;
-mod spawn;
-#[cfg(target_os = "linux")]
-mod stat;
-mod stdin;
-mod stdio;
-mod stop;
-mod supervisor;
 mod sync;
-mod tid;
-mod wait;
 pub mod wasi;
 
 /// The errno values `thread-spawn` returns, negated, to a guest that could
@@ -110,8 +92,9 @@ pub mod errno {
 }
 
 pub use program::{
-    DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
-    HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
+    CancelHandle, DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS,
+    DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, MAIN_TID, MAX_TID, Notifier, Outcome, ThreadEvent,
+    ThreadExit, ThreadsConfig, TrapInfo, WasiThreads, engine_config,
 };
 pub use rewrite::{
     DEFAULT_CACHE_SIZE, GuestModule, ModuleCache, OffsetMap, compile, compile_guest,
@@ -121,12 +104,9 @@ pub use rewrite::{
 #[doc(hidden)]
 pub use rewrite::{rewrite, rewrite_with_map};
 pub use runner::Runner;
-pub use stdin::SharedStdin;
-pub use stdio::SharedOutput;
-pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
-pub use tid::MAX_TID;
-pub use wait::Notifier;
 pub use wasi::SharedWasi;
+pub use wasi::stdin::SharedStdin;
+pub use wasi::stdio::SharedOutput;
 
 /// The README's Rust examples, compiled as doctests.
 #[cfg(doctest)]
@@ -140,9 +120,9 @@ pub struct ReadmeDoctests;
 #[cfg(wasi_threads_loom)]
 #[doc(hidden)]
 pub mod model_check {
-    pub use crate::lifecycle::{Cause, Closed, Lifecycle, Phase};
-    pub use crate::open_file::{At, Description, OpenFile, Whence};
-    pub use crate::pool::IdleCount;
+    pub use crate::program::lifecycle::{Cause, Closed, Lifecycle, Phase};
+    pub use crate::program::pool::IdleCount;
+    pub use crate::wasi::open_file::{At, Description, OpenFile, Whence};
 
     /// A trap as a guest's `unreachable` gives it.
     pub fn trap_info() -> crate::TrapInfo {

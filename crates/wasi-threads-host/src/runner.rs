@@ -1,13 +1,13 @@
 //! [`Runner`]: the common case in a few lines — a module, its WASI setup,
 //! and the [`Outcome`].
 
+use crate::program::supervisor::{CancelHandle, Outcome};
 use crate::program::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
 use crate::rewrite::GuestModule;
-use crate::stdin::SharedStdin;
-use crate::stdio::SharedOutput;
-use crate::supervisor::{CancelHandle, Outcome};
+use crate::wasi::stdin::SharedStdin;
+use crate::wasi::stdio::SharedOutput;
 use crate::wasi::{self, SharedWasi};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

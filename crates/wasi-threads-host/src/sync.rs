@@ -1,6 +1,6 @@
-//! The synchronisation primitives of the lifecycle core ([`crate::lifecycle`]
+//! The synchronisation primitives of the lifecycle core ([`crate::program::lifecycle`]
 //! and the pool's idle count) and of an adopted file's protocol
-//! ([`crate::open_file`]), in one place so that `--cfg wasi_threads_loom` can
+//! ([`crate::wasi::open_file`]), in one place so that `--cfg wasi_threads_loom` can
 //! swap them for `loom`'s and model-check the protocols
 //! (`tests/lifecycle_model.rs`, `tests/files_model.rs`), as tokio's
 //! `--cfg loom` does (a name of our own: under `cfg(loom)` tokio leaves out

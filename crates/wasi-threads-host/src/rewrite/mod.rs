@@ -13,13 +13,13 @@
 //!   written out twice per check ([`unroll`]); that, and a check that is
 //!   one atomic load and a conditional trap, is what makes the
 //!   checks cheaper than Wasmtime's epoch interruption, which checks at
-//!   every function entry (see [`crate::interrupt`]).
+//!   every function entry (see [`crate::program::interrupt`]).
 //! - **Waits through the host.** Every `memory.atomic.wait32/64` and
 //!   `memory.atomic.notify` on the imported shared memory becomes a call of
 //!   a host function. A thread parked in a native `memory.atomic.wait` is
 //!   out of everyone's reach: nothing wakes it but a notify of its address.
 //!   Routing every wait and notify through the host's own parking lot
-//!   ([`crate::wait`]) lets the supervisor wake every parked thread at once,
+//!   ([`crate::program::wait`]) lets the supervisor wake every parked thread at once,
 //!   whatever address it waits on.
 //! - **A `memory` export** for WASI, which finds the caller's memory by it.
 //!

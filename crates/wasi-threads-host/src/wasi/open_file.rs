@@ -1,4 +1,4 @@
-//! One descriptor adopted by [`crate::files`]: the protocol by which
+//! One descriptor adopted by [`super::files`]: the protocol by which
 //! threads read, write and seek it without the shared context, and hand it
 //! back to the context.
 //!

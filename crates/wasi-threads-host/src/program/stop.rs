@@ -5,7 +5,7 @@
 //! the one flag they all look at, and it knows how to wake each kind of
 //! sleeper: futures racing against it are woken through their wakers, and
 //! host code sleeping on it is woken through a condition variable. Running
-//! wasm is reached through the stop flag ([`crate::interrupt`]).
+//! wasm is reached through the stop flag ([`super::interrupt`]).
 
 use parking_lot::{Condvar, Mutex};
 use std::fmt;
@@ -32,7 +32,7 @@ impl fmt::Display for Stopped {
 impl std::error::Error for Stopped {}
 
 /// A cheaply cloned handle to one program's stop flag. Crate-private: it is
-/// one part of the stop fan-out, which [`crate::lifecycle::Lifecycle::stop`]
+/// one part of the stop fan-out, which [`super::lifecycle::Lifecycle::stop`]
 /// does as a whole.
 #[derive(Clone, Default)]
 pub(crate) struct StopSignal {

@@ -10,10 +10,10 @@
 //! size and times as `wasmtime-wasi` converts them (`ctim` is its
 //! *creation* time, zero where the file system has none), `dev` 1, and
 //! `ino` the same hash of the device and inode (see
-//! [`crate::readdir::identity_hash`]).
+//! [`super::readdir::identity_hash`]).
 //!
 //! `fd_filestat_get` is answered likewise, with one `statx` of the file, for
-//! the files [`crate::files`] adopted and the directories it found.
+//! the files [`super::files`] adopted and the directories it found.
 //!
 //! The calls this answers are those whose answer is certain: a directory
 //! found behind the descriptor, a path no longer than `PATH_MAX`, and
@@ -85,7 +85,7 @@ fn filestat(meta: &cap_primitives::fs::Metadata) -> Option<types::Filestat> {
     };
     Some(types::Filestat {
         dev: 1,
-        ino: crate::readdir::identity_hash(meta.dev(), meta.ino()),
+        ino: super::readdir::identity_hash(meta.dev(), meta.ino()),
         filetype,
         nlink: meta.nlink(),
         size: meta.len(),

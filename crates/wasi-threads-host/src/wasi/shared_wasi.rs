@@ -44,11 +44,11 @@
 //! the ones forwarded to `wasmtime-wasi` charge the store's host-call fuel
 //! for what they copy.
 
+use super::files::{At, Files};
+use super::stdin::SharedStdin;
+use super::stdio::{SharedOutput, WriteFailed};
 use crate::WasiThreads;
-use crate::files::{At, Files};
-use crate::stdin::SharedStdin;
-use crate::stdio::{SharedOutput, WriteFailed};
-use crate::stop::{StopSignal, Stopped};
+use crate::program::stop::{StopSignal, Stopped};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ pub struct SharedWasi {
     /// it go through the context.
     stdio_moved: Arc<AtomicU8>,
     /// The open files whose reads, writes and position are handled beside
-    /// the context, without its lock (see [`crate::files`]).
+    /// the context, without its lock (see [`super::files`]).
     pub(crate) files: Arc<Files>,
     bypass: Bypass,
 }
@@ -523,7 +523,7 @@ impl SharedWasi {
     /// followed by a look at the stop signal: another thread may hold the
     /// context for as long as a syscall inside `wasmtime-wasi` blocks (a
     /// slow disk, or the open of a FIFO a guest renamed under the wait that
-    /// [`crate::fifo`] does outside the context), and a stopped program
+    /// [`super::fifo`] does outside the context), and a stopped program
     /// must not leave every other thread stuck behind it.
     fn lock(&self) -> Result<parking_lot::MutexGuard<'_, WasiP1Ctx>, types::Error> {
         if let Some(ctx) = self.ctx.try_lock() {
@@ -554,7 +554,7 @@ impl SharedWasi {
             return Ok(Some(dir));
         }
         let mut ctx = self.lock()?;
-        let Some((dir, _)) = crate::readdir::find_dir(&mut ctx, memory, fd).await else {
+        let Some((dir, _)) = super::readdir::find_dir(&mut ctx, memory, fd).await else {
             return Ok(None);
         };
         self.files.found_dir(fd, dir.clone());
@@ -578,7 +578,7 @@ impl SharedWasi {
 
     /// If the `path_open` with these arguments is of a FIFO and would wait
     /// for its other end, waits for it without the context (see
-    /// [`crate::fifo`]) and returns what keeps that end there: hold it
+    /// [`super::fifo`]) and returns what keeps that end there: hold it
     /// across the context's open. `None` if there is nothing to wait for.
     #[cfg(target_os = "linux")]
     #[allow(clippy::too_many_arguments)]
@@ -591,22 +591,22 @@ impl SharedWasi {
         oflags: types::Oflags,
         base: types::Rights,
         fdflags: types::Fdflags,
-    ) -> Result<Option<crate::fifo::Held>, types::Error> {
-        let Some(end) = crate::fifo::End::of(oflags, base, fdflags) else {
+    ) -> Result<Option<super::fifo::Held>, types::Error> {
+        let Some(end) = super::fifo::End::of(oflags, base, fdflags) else {
             return Ok(None);
         };
         let Some(dir) = self.dir_of(memory, dirfd).await? else {
             return Ok(None);
         };
         // The context refuses a write to a read-only directory at once.
-        if end == crate::fifo::End::Write && dir.perms.write_not_permitted() {
+        if end == super::fifo::End::Write && dir.perms.write_not_permitted() {
             return Ok(None);
         }
         let Some(path) = Self::short_path(memory, path) else {
             return Ok(None);
         };
         let follow = dirflags.contains(types::Lookupflags::SYMLINK_FOLLOW);
-        crate::fifo::wait_for_other_end(&dir.dir, &path, follow, end, &self.stop)
+        super::fifo::wait_for_other_end(&dir.dir, &path, follow, end, &self.stop)
             .await
             .map_err(Self::stopped)
     }
@@ -910,7 +910,7 @@ macro_rules! locked {
 }
 
 /// A call done beside the context when `fd` is a file adopted by
-/// [`crate::files`] (`$file_call`, given the file as `$f`, is `None` when the
+/// [`super::files`] (`$file_call`, given the file as `$f`, is `None` when the
 /// file is not one it handles), else the context's `$ctx_call` under its
 /// lock. Under the lock `fd` is looked up again: a `path_open` may have
 /// just made it.
@@ -992,7 +992,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
             && let Some(stat) = self
                 .files
                 .host_file(fd)
-                .and_then(|file| crate::stat::fd_filestat_get(&file))
+                .and_then(|file| super::stat::fd_filestat_get(&file))
         {
             return Ok(stat);
         }
@@ -1013,7 +1013,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
             && let Some(name) = Self::short_path(memory, path)
         {
             let follow = flags.contains(types::Lookupflags::SYMLINK_FOLLOW);
-            if let Some(answer) = crate::stat::path_filestat_get(&dir.dir, &name, follow) {
+            if let Some(answer) = super::stat::path_filestat_get(&dir.dir, &name, follow) {
                 return answer;
             }
         }
@@ -1032,7 +1032,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
         if !self.bypass.on(Bypass::READDIR) {
             return locked!(self, ctx => ctx.fd_readdir(memory, fd, buf, buf_len, cookie));
         }
-        locked!(self, ctx => crate::readdir::fd_readdir(&mut ctx, memory, fd, buf, buf_len, cookie))
+        locked!(self, ctx => super::readdir::fd_readdir(&mut ctx, memory, fd, buf, buf_len, cookie))
     }
 
     async fn poll_oneoff(
@@ -1263,7 +1263,7 @@ impl WasiSnapshotPreview1 for SharedWasi {
             let output = output.clone();
             // As the context writes to a stream: the first non-empty
             // buffer, whole, its bytes charged to the host-call fuel.
-            let buf = crate::files::first_non_empty(memory, ciovs, self.hostcall_fuel)?;
+            let buf = super::files::first_non_empty(memory, ciovs, self.hostcall_fuel)?;
             let bytes = memory.to_vec(buf)?;
             let n = bytes.len() as types::Size;
             if n == 0 {

@@ -1,9 +1,9 @@
 //! What the embedder sees of a program's supervision: how threads and
 //! programs end ([`ThreadExit`], [`Outcome`]), the event stream
 //! ([`ThreadEvent`]) and the [`CancelHandle`]. The state machine behind them
-//! is [`crate::lifecycle`].
+//! is [`super::lifecycle`].
 
-use crate::lifecycle::{Cause, Lifecycle};
+use super::lifecycle::{Cause, Lifecycle};
 use std::fmt;
 use std::sync::Arc;
 

@@ -27,7 +27,7 @@
 //! protocol is small enough to model-check exhaustively with `loom`
 //! (`tests/lifecycle_model.rs`, built with `--cfg wasi_threads_loom`).
 
-use crate::supervisor::Outcome;
+use super::supervisor::Outcome;
 use crate::sync::{Condvar, Mutex, lock};
 use std::time::Instant;
 

@@ -48,10 +48,10 @@
 //!
 //! How threads share one adopted descriptor (each operation at the position
 //! one syscall; what the locks guard; the hand-back) is
-//! [`crate::open_file`]'s, model-checked in `tests/files_model.rs`; this
+//! [`super::open_file`]'s, model-checked in `tests/files_model.rs`; this
 //! module keeps the table of them and reads the guest's iovecs.
 
-pub(crate) use crate::open_file::{At, OpenFile};
+pub(crate) use super::open_file::{At, OpenFile};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -72,7 +72,7 @@ pub(crate) struct Files {
     open: RwLock<HashMap<u32, Arc<OpenFile>, BuildHasherDefault<FdHasher>>>,
     /// The directories found behind descriptors, by guest fd, for
     /// `path_open`'s look at what a path names before the context opens it
-    /// (see [`crate::fifo`]); kept as exact as `open` by the same calls.
+    /// (see [`super::fifo`]); kept as exact as `open` by the same calls.
     dirs: Mutex<HashMap<u32, wasmtime_wasi::filesystem::Dir, BuildHasherDefault<FdHasher>>>,
 }
 
@@ -335,7 +335,7 @@ impl OpenFile {
         offset: types::Filedelta,
         whence: types::Whence,
     ) -> Option<Result<types::Filesize, types::Error>> {
-        use crate::open_file::Whence;
+        use super::open_file::Whence;
         self.seek(
             offset,
             match whence {
@@ -417,7 +417,7 @@ impl Buffer for types::Ciovec {
 #[cfg(test)]
 mod tests {
     use crate::SharedWasi;
-    use crate::stop::StopSignal;
+    use crate::program::stop::StopSignal;
     use std::cell::UnsafeCell;
     use std::path::{Path, PathBuf};
     use wasmtime_wasi::p1::WasiP1Ctx;

@@ -33,8 +33,8 @@
 //! registry is touched only by waiters (never by notifies) and is sharded by
 //! key, so unrelated addresses never share a lock.
 
+use super::stop::{StopSignal, Stopped};
 use crate::rewrite::{HOST_MODULE, NOTIFY, WAIT32, WAIT64};
-use crate::stop::{StopSignal, Stopped};
 use parking_lot::Mutex;
 use parking_lot_core::{DEFAULT_PARK_TOKEN, FilterOp, ParkResult, UnparkToken};
 use std::collections::HashMap;

@@ -38,7 +38,7 @@
 //! still make the context's own open block (the path then names another
 //! FIFO); only its own threads wait for that, until the program stops.
 
-use crate::stop::{StopSignal, Stopped};
+use crate::program::stop::{StopSignal, Stopped};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::Arc;

@@ -1,17 +1,17 @@
 //! [`WasiThreads`]: one run of one wasi-threads module, tying the shared
-//! memory, `thread-spawn` and the program's [lifecycle](crate::lifecycle)
+//! memory, `thread-spawn` and the program's [lifecycle](super::lifecycle)
 //! together for an embedder's own `Linker` and store data.
 
-use crate::interrupt::StopFlag;
-use crate::lifecycle::{Cause, Lifecycle};
-use crate::memory::{self, ImportedMemory, MemoryPlan};
-use crate::pool::WorkerPool;
+use super::interrupt::StopFlag;
+use super::lifecycle::{Cause, Lifecycle};
+use super::memory::{self, ImportedMemory, MemoryPlan};
+use super::pool::WorkerPool;
+use super::spawn::{self, Entry, Shared, StoreSetup};
+use super::stop::StopSignal;
+use super::supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent};
+use super::tid::TidAllocator;
+use super::wait::{self, ParkingLot};
 use crate::rewrite::{GuestModule, OffsetMap};
-use crate::spawn::{self, Entry, Shared, StoreSetup};
-use crate::stop::StopSignal;
-use crate::supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent};
-use crate::tid::TidAllocator;
-use crate::wait::{self, ParkingLot};
 use crossbeam_channel::Receiver;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

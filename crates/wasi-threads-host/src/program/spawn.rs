@@ -2,14 +2,14 @@
 //! thread — the main thread and every spawned one — runs from start to end
 //! ([`Shared::guest_thread`]).
 
+use super::interrupt::{self, StopFlag};
+use super::lifecycle::{Cause, Lifecycle, Phase};
+use super::pool::{Finishing, Job, WorkerPool};
+use super::stop::{StopSignal, Stopped};
+use super::supervisor::{ThreadEvent, ThreadExit, TrapInfo};
+use super::tid::{AllocError, TidAllocator};
 use crate::errno::{EAGAIN, ENOSYS};
-use crate::interrupt::{self, StopFlag};
-use crate::lifecycle::{Cause, Lifecycle, Phase};
-use crate::pool::{Finishing, Job, WorkerPool};
 use crate::rewrite::OffsetMap;
-use crate::stop::{StopSignal, Stopped};
-use crate::supervisor::{ThreadEvent, ThreadExit, TrapInfo};
-use crate::tid::{AllocError, TidAllocator};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::any::Any;
@@ -42,7 +42,7 @@ pub(crate) struct Shared<T: 'static> {
     pub observer: Mutex<Option<Sender<ThreadEvent>>>,
     pub stop: StopSignal,
     pub stop_flag: Arc<StopFlag>,
-    pub parking: Arc<crate::wait::ParkingLot>,
+    pub parking: Arc<super::wait::ParkingLot>,
     /// Why `wasi_thread_start` cannot be called, if it cannot.
     pub entry_error: Option<String>,
     pub pool: WorkerPool,

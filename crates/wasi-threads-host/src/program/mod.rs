@@ -1,0 +1,42 @@
+//! The life of one program: everything from `thread-spawn` to the
+//! [`Outcome`].
+//!
+//! What this part owns:
+//!
+//! - [`WasiThreads`] (`wasi_threads`): one run of one module, tying the
+//!   pieces below together for an embedder's `Linker` and store data;
+//! - `lifecycle`: the phases of a program and its one stop sequence (the
+//!   first cause wins, every thread is stopped and joined), model-checked in
+//!   `tests/lifecycle_model.rs`;
+//! - `supervisor`: what the embedder sees of it ([`Outcome`],
+//!   [`ThreadExit`], [`ThreadEvent`], [`CancelHandle`]);
+//! - `spawn`: a thread's life, from admission to its one report;
+//!   `pool`: the OS threads that run them; `tid`: thread ids;
+//! - `stop`: the signal every thread looks at, wherever it is blocked;
+//!   `interrupt`: the flag through which a stop reaches running wasm;
+//!   `wait`: `memory.atomic.wait`/`notify`, routed through the host so that
+//!   a stop can wake a waiter; `memory`: the one shared memory.
+//!
+//! What it may use: the rewrite's import names and offset map
+//! ([`crate::rewrite`]) and [`crate::sync`]. What it must not: the WASI
+//! layer ([`crate::wasi`]), which builds on this part's stop signal, never
+//! the other way round.
+
+pub(crate) mod interrupt;
+pub(crate) mod lifecycle;
+pub(crate) mod memory;
+pub(crate) mod pool;
+pub(crate) mod spawn;
+pub(crate) mod stop;
+pub(crate) mod supervisor;
+pub(crate) mod tid;
+pub(crate) mod wait;
+mod wasi_threads;
+
+pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
+pub use tid::MAX_TID;
+pub use wait::Notifier;
+pub use wasi_threads::{
+    DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
+    HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
+};

@@ -1,0 +1,35 @@
+//! WASI preview1 for every thread of a program, with one fd table.
+//!
+//! What this part owns:
+//!
+//! - [`SharedWasi`] (`shared_wasi`): `wasmtime-wasi`'s context behind one
+//!   lock, each call raced against the program's stop, and
+//!   [`add_to_linker`];
+//! - the calls the host answers beside that lock, each pinned to the answer
+//!   the context would give (`docs/file-layer.md` lists them): `files` and
+//!   `open_file` (reads, writes and seeks of opened files; the latter's
+//!   protocol is model-checked in `tests/files_model.rs`), `readdir`,
+//!   `stat` and `fifo` (Linux);
+//! - the program's stdio: [`SharedOutput`](crate::SharedOutput) (`stdio`, stdout and stderr
+//!   written without the lock, each write whole) and [`SharedStdin`](crate::SharedStdin)
+//!   (`stdin`, input awaited before the lock is taken).
+//!
+//! What it may use: the program's stop signal and [`WasiThreads`]
+//! (the crate's `program` part), and `sync`. What it must not: the rewrite,
+//! or the program's lifecycle: a WASI call learns of a stop only through the
+//! stop signal.
+//!
+//! [`WasiThreads`]: crate::WasiThreads
+
+#[cfg(target_os = "linux")]
+mod fifo;
+mod files;
+pub(crate) mod open_file;
+mod readdir;
+mod shared_wasi;
+#[cfg(target_os = "linux")]
+mod stat;
+pub(crate) mod stdin;
+pub(crate) mod stdio;
+
+pub use shared_wasi::{SharedWasi, add_to_linker};
