@@ -1,7 +1,7 @@
 //! [`Runner`]: the common case in a few lines — a module, its WASI setup,
 //! and the [`Outcome`].
 
-use crate::program::supervisor::{CancelHandle, Outcome};
+use crate::program::{CancelHandle, Outcome};
 use crate::program::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };

@@ -27,8 +27,10 @@
 //! protocol is small enough to model-check exhaustively with `loom`
 //! (`tests/lifecycle_model.rs`, built with `--cfg wasi_threads_loom`).
 
-use super::supervisor::Outcome;
+use super::outcome::Outcome;
 use crate::sync::{Condvar, Mutex, lock};
+use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Where a program is in its life.
@@ -231,5 +233,31 @@ impl Lifecycle {
         let mut abandoned = std::mem::take(&mut state.live);
         abandoned.sort_unstable();
         abandoned
+    }
+}
+
+/// Stops a running program from any thread: the one way an embedder stops a
+/// program.
+#[derive(Clone)]
+pub struct CancelHandle {
+    pub(crate) lifecycle: Arc<Lifecycle>,
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("phase", &self.lifecycle.phase())
+            .finish()
+    }
+}
+
+impl CancelHandle {
+    /// Stops the program; its outcome is [`Outcome::Cancelled`] unless another
+    /// cause came first. Every thread is told to stop whatever it is doing
+    /// (running wasm, parked in a wait, blocked in a WASI call). Calling it
+    /// again, or after another cause, is harmless; once `run` has returned it
+    /// does nothing.
+    pub fn cancel(&self) {
+        self.lifecycle.end(Cause::Ended(Outcome::Cancelled));
     }
 }

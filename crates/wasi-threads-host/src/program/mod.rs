@@ -7,9 +7,9 @@
 //!   pieces below together for an embedder's `Linker` and store data;
 //! - `lifecycle`: the phases of a program and its one stop sequence (the
 //!   first cause wins, every thread is stopped and joined), model-checked in
-//!   `tests/lifecycle_model.rs`;
-//! - `supervisor`: what the embedder sees of it ([`Outcome`],
-//!   [`ThreadExit`], [`ThreadEvent`], [`CancelHandle`]);
+//!   `tests/lifecycle_model.rs`, and the [`CancelHandle`] that ends it;
+//! - `outcome`: what the embedder sees of a run ([`Outcome`],
+//!   [`ThreadExit`], [`TrapInfo`], [`ThreadEvent`]), as plain data;
 //! - `spawn`: a thread's life, from admission to its one report;
 //!   `pool`: the OS threads that run them; `tid`: thread ids;
 //! - `stop`: the signal every thread looks at, wherever it is blocked;
@@ -25,15 +25,16 @@
 pub(crate) mod interrupt;
 pub(crate) mod lifecycle;
 pub(crate) mod memory;
+pub(crate) mod outcome;
 pub(crate) mod pool;
 pub(crate) mod spawn;
 pub(crate) mod stop;
-pub(crate) mod supervisor;
 pub(crate) mod tid;
 pub(crate) mod wait;
 mod wasi_threads;
 
-pub use supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
+pub use lifecycle::CancelHandle;
+pub use outcome::{MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
 pub use tid::MAX_TID;
 pub use wait::Notifier;
 pub use wasi_threads::{

@@ -4,9 +4,9 @@
 
 use super::interrupt::{self, StopFlag};
 use super::lifecycle::{Cause, Lifecycle, Phase};
+use super::outcome::{ThreadEvent, ThreadExit, TrapInfo};
 use super::pool::{Finishing, Job, WorkerPool};
 use super::stop::{StopSignal, Stopped};
-use super::supervisor::{ThreadEvent, ThreadExit, TrapInfo};
 use super::tid::{AllocError, TidAllocator};
 use crate::errno::{EAGAIN, ENOSYS};
 use crate::rewrite::OffsetMap;

@@ -3,12 +3,13 @@
 //! together for an embedder's own `Linker` and store data.
 
 use super::interrupt::StopFlag;
+use super::lifecycle::CancelHandle;
 use super::lifecycle::{Cause, Lifecycle};
 use super::memory::{self, ImportedMemory, MemoryPlan};
+use super::outcome::{MAIN_TID, Outcome, ThreadEvent};
 use super::pool::WorkerPool;
 use super::spawn::{self, Entry, Shared, StoreSetup};
 use super::stop::StopSignal;
-use super::supervisor::{CancelHandle, MAIN_TID, Outcome, ThreadEvent};
 use super::tid::TidAllocator;
 use super::wait::{self, ParkingLot};
 use crate::rewrite::{GuestModule, OffsetMap};

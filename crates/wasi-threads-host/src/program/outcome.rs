@@ -1,9 +1,8 @@
-//! What the embedder sees of a program's supervision: how threads and
-//! programs end ([`ThreadExit`], [`Outcome`]), the event stream
-//! ([`ThreadEvent`]) and the [`CancelHandle`]. The state machine behind them
-//! is [`super::lifecycle`].
+//! What the embedder sees of how a program ran: how threads and programs
+//! end ([`ThreadExit`], [`Outcome`], [`TrapInfo`]) and the event stream
+//! ([`ThreadEvent`]). Plain data: the state machine that produces them is
+//! [`super::lifecycle`], which uses this module and not the other way round.
 
-use super::lifecycle::{Cause, Lifecycle};
 use std::fmt;
 use std::sync::Arc;
 
@@ -181,7 +180,7 @@ pub enum Outcome {
         /// The panic's message.
         message: String,
     },
-    /// The embedder cancelled the program through a [`CancelHandle`].
+    /// The embedder cancelled the program through a [`CancelHandle`](crate::CancelHandle).
     Cancelled,
     /// The program ran past its wall-clock limit.
     TimedOut,
@@ -243,30 +242,4 @@ pub enum ThreadEvent {
         /// The thread.
         tid: u32,
     },
-}
-
-/// Stops a running program from any thread: the one way an embedder stops a
-/// program.
-#[derive(Clone)]
-pub struct CancelHandle {
-    pub(crate) lifecycle: Arc<Lifecycle>,
-}
-
-impl fmt::Debug for CancelHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CancelHandle")
-            .field("phase", &self.lifecycle.phase())
-            .finish()
-    }
-}
-
-impl CancelHandle {
-    /// Stops the program; its outcome is [`Outcome::Cancelled`] unless another
-    /// cause came first. Every thread is told to stop whatever it is doing
-    /// (running wasm, parked in a wait, blocked in a WASI call). Calling it
-    /// again, or after another cause, is harmless; once `run` has returned it
-    /// does nothing.
-    pub fn cancel(&self) {
-        self.lifecycle.end(Cause::Ended(Outcome::Cancelled));
-    }
 }
