@@ -77,6 +77,7 @@ mod rewrite;
 mod runner;
 mod sync;
 pub mod wasi;
+mod wasi_threads;
 
 /// The errno values `thread-spawn` returns, negated, to a guest that could
 /// not get a thread (a guest may pass them on as its exit code). They are
@@ -92,9 +93,7 @@ pub mod errno {
 }
 
 pub use program::{
-    CancelHandle, DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS,
-    DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, MAIN_TID, MAX_TID, Notifier, Outcome, ThreadEvent,
-    ThreadExit, ThreadsConfig, TrapInfo, WasiThreads, engine_config,
+    CancelHandle, MAIN_TID, MAX_TID, Notifier, Outcome, ThreadEvent, ThreadExit, TrapInfo,
 };
 pub use rewrite::{
     DEFAULT_CACHE_SIZE, GuestModule, ModuleCache, OffsetMap, compile, compile_guest,
@@ -107,6 +106,10 @@ pub use runner::Runner;
 pub use wasi::SharedWasi;
 pub use wasi::stdin::SharedStdin;
 pub use wasi::stdio::SharedOutput;
+pub use wasi_threads::{
+    DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
+    HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
+};
 
 /// The README's Rust examples, compiled as doctests.
 #[cfg(doctest)]

@@ -2,13 +2,13 @@
 //! and the [`Outcome`].
 
 use crate::program::{CancelHandle, Outcome};
-use crate::program::{
-    DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
-};
 use crate::rewrite::GuestModule;
 use crate::wasi::stdin::SharedStdin;
 use crate::wasi::stdio::SharedOutput;
 use crate::wasi::{self, SharedWasi};
+use crate::wasi_threads::{
+    DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wasmtime::error::Context as _;

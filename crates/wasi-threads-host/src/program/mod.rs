@@ -1,10 +1,9 @@
 //! The life of one program: everything from `thread-spawn` to the
-//! [`Outcome`].
+//! [`Outcome`]. [`WasiThreads`](crate::WasiThreads) ties these pieces
+//! together (with the WASI layer) for an embedder's `Linker` and store data.
 //!
 //! What this part owns:
 //!
-//! - [`WasiThreads`] (`wasi_threads`): one run of one module, tying the
-//!   pieces below together for an embedder's `Linker` and store data;
 //! - `lifecycle`: the phases of a program and its one stop sequence (the
 //!   first cause wins, every thread is stopped and joined), model-checked in
 //!   `tests/lifecycle_model.rs`, and the [`CancelHandle`] that ends it;
@@ -20,7 +19,8 @@
 //! What it may use: the rewrite's import names and offset map
 //! ([`crate::rewrite`]) and [`crate::sync`]. What it must not: the WASI
 //! layer ([`crate::wasi`]), which builds on this part's stop signal, never
-//! the other way round.
+//! the other way round, or the API on top ([`crate::WasiThreads`],
+//! [`crate::Runner`]).
 
 pub(crate) mod interrupt;
 pub(crate) mod lifecycle;
@@ -31,13 +31,8 @@ pub(crate) mod spawn;
 pub(crate) mod stop;
 pub(crate) mod tid;
 pub(crate) mod wait;
-mod wasi_threads;
 
 pub use lifecycle::CancelHandle;
 pub use outcome::{MAIN_TID, Outcome, ThreadEvent, ThreadExit, TrapInfo};
 pub use tid::MAX_TID;
 pub use wait::Notifier;
-pub use wasi_threads::{
-    DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
-    HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
-};

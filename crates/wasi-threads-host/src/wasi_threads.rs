@@ -1,17 +1,17 @@
 //! [`WasiThreads`]: one run of one wasi-threads module, tying the shared
-//! memory, `thread-spawn` and the program's [lifecycle](super::lifecycle)
+//! memory, `thread-spawn` and the program's [lifecycle](crate::program::lifecycle)
 //! together for an embedder's own `Linker` and store data.
 
-use super::interrupt::StopFlag;
-use super::lifecycle::CancelHandle;
-use super::lifecycle::{Cause, Lifecycle};
-use super::memory::{self, ImportedMemory, MemoryPlan};
-use super::outcome::{MAIN_TID, Outcome, ThreadEvent};
-use super::pool::WorkerPool;
-use super::spawn::{self, Entry, Shared, StoreSetup};
-use super::stop::StopSignal;
-use super::tid::TidAllocator;
-use super::wait::{self, ParkingLot};
+use crate::program::interrupt::StopFlag;
+use crate::program::lifecycle::CancelHandle;
+use crate::program::lifecycle::{Cause, Lifecycle};
+use crate::program::memory::{self, ImportedMemory, MemoryPlan};
+use crate::program::outcome::{MAIN_TID, Outcome, ThreadEvent};
+use crate::program::pool::WorkerPool;
+use crate::program::spawn::{self, Entry, Shared, StoreSetup};
+use crate::program::stop::StopSignal;
+use crate::program::tid::TidAllocator;
+use crate::program::wait::{self, ParkingLot};
 use crate::rewrite::{GuestModule, OffsetMap};
 use crossbeam_channel::Receiver;
 use std::sync::{Arc, OnceLock};
