@@ -16,7 +16,7 @@ async fn a_task_cancels_a_program_running_on_a_blocking_thread() {
     let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
     let program = tokio::task::spawn_blocking(move || {
         Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .arg("c-infinite.wasm")
             .on_start(move |cancel| {
                 let _ = cancel_tx.send(cancel);
@@ -59,7 +59,7 @@ async fn a_program_that_ends_by_itself_is_unaffected_by_a_late_cancel() {
     let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
     let program = tokio::task::spawn_blocking(move || {
         Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .arg("c-exit-code.wasm")
             .on_start(move |cancel| {
                 let _ = cancel_tx.send(cancel);

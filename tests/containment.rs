@@ -28,7 +28,7 @@ fn guest_threads_alive() -> Vec<String> {
 fn run(wat: &str) -> wasmtime::Result<(Outcome, Duration)> {
     let start = Instant::now();
     let outcome = Runner::new()
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .keep_alive(Duration::ZERO)
         .timeout(Duration::from_secs(30))
         .run_bytes(wat.as_bytes())?;
@@ -362,7 +362,7 @@ fn spawning_at_the_limit_everywhere_while_a_thread_traps() {
     let module = wasi_threads_host::compile(&engine, wat.as_bytes()).unwrap();
     for run in 0..RUNS {
         let outcome = Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .max_threads(LIMIT)
             // Reuse idle OS threads in some runs, none in others.
             .keep_alive(if run % 2 == 0 {

@@ -120,7 +120,7 @@ fn trap_in_thread(fixture: &str) -> (Vec<u8>, GuestModule, String) {
     let guest = compile_guest(&engine, &bytes).unwrap();
     assert!(!guest.offsets().is_identity(), "the fixture is rewritten");
     let outcome = Runner::new()
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .run_guest(&guest)
         .unwrap();
     let Outcome::Trap { trap, .. } = outcome else {
@@ -346,7 +346,7 @@ fn native_debug_info_accepts_the_remapped_dwarf() {
         let bytes = std::fs::read(common::fixture(fixture)).unwrap();
         let guest = compile_guest(&engine, &bytes).unwrap();
         let outcome = Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .run_module(guest.module())
             .unwrap();
         let Outcome::Trap { trap, .. } = outcome else {

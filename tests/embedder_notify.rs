@@ -46,11 +46,12 @@ fn a_host_function_wakes_a_parked_guest_thread() {
     let notifier = threads
         .notifier()
         .expect("the module imports a shared memory");
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     linker
         .func_wrap(
             "host",

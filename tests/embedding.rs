@@ -63,11 +63,12 @@ fn run_recording_guest(
     calls: Arc<Mutex<Vec<(i32, i32)>>>,
     record: impl Fn(wasmtime::Caller<'_, State>, i32, i32) + Send + Sync + 'static,
 ) -> Outcome {
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads.new_store(State { wasi, calls }).unwrap();
     let mut linker = Linker::new(engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     linker.func_wrap("host", "record", record).unwrap();
     threads.run(&linker, store).unwrap()
 }
@@ -125,7 +126,7 @@ fn runner_with_captured_stdout() {
     let captured = stdout.clone();
     let outcome = Runner::new()
         .arg("c-pthreads")
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .configure_wasi(move |b| {
             b.stdout(captured);
         })
@@ -164,7 +165,7 @@ fn runner_sets_argv0_from_the_file_it_runs() {
         let stdout = MemoryOutputPipe::new(4096);
         let captured = stdout.clone();
         let outcome = runner
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .configure_wasi(move |b| {
                 b.stdout(captured);
             })
@@ -190,7 +191,7 @@ fn cancel_from_another_thread() {
     let start = Instant::now();
     let outcome = Runner::new()
         .arg("c-infinite")
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .on_start(|cancel| {
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(200));
@@ -208,7 +209,7 @@ fn wall_clock_limit() {
     let start = Instant::now();
     let outcome = Runner::new()
         .arg("c-infinite")
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .timeout(Duration::from_millis(300))
         .run_file(common::fixture("c-infinite.wasm"))
         .unwrap();
@@ -244,7 +245,7 @@ fn host_panic_on_a_spawned_thread_is_contained() {
 /// of the first failed check, or 0.
 fn run_checks(wat: &str) -> Outcome {
     Runner::new()
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .run_bytes(wat.as_bytes())
         .unwrap()
 }
@@ -581,7 +582,7 @@ fn an_embedders_host_error_comes_back_as_itself() {
     let engine = engine();
     let module = compile(&engine, RECORDING_GUEST.as_bytes()).unwrap();
     let threads = WasiThreads::new(&engine, &module).unwrap();
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads
         .new_store(State {
             wasi,
@@ -589,8 +590,9 @@ fn an_embedders_host_error_comes_back_as_itself() {
         })
         .unwrap();
     let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     linker
         .func_wrap(
             "host",

@@ -211,7 +211,7 @@ fn run(engine: &Engine, module: &Module, dir: &Path) -> Outcome {
     Runner::new()
         .engine(engine.clone())
         .arg("race.wasm")
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .preopened_dir(dir, "/d")
         .timeout(Duration::from_secs(120))
         .run_module(module)

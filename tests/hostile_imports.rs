@@ -177,8 +177,7 @@ fn rows(params: &[Ty]) -> Vec<Vec<u64>> {
 fn survives(engine: &Engine, dir: &std::path::Path, wat: &str) -> Outcome {
     let outcome = Runner::new()
         .engine(engine.clone())
-        .inherit_stdio(false)
-        .stdin(SharedStdin::from_reader(std::io::empty()))
+        .stdio(wasi_threads_host::Stdio::new().stdin(SharedStdin::from_reader(std::io::empty())))
         .preopened_dir(dir, "/")
         .timeout(Duration::from_secs(20))
         .run_bytes(wat.as_bytes())

@@ -28,11 +28,12 @@ fn run_with(
     threads: WasiThreads<State>,
     extra: impl FnOnce(&mut Linker<State>),
 ) -> wasmtime::Result<Outcome> {
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     extra(&mut linker);
     threads.run(&linker, store)
 }
@@ -65,7 +66,7 @@ fn a_start_function_that_loops_forever_times_out() {
     for guest in [LOOPING_START, THREADED_LOOPING_START] {
         let start = Instant::now();
         let outcome = Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .timeout(Duration::from_millis(300))
             .run_bytes(guest.as_bytes())
             .unwrap();
@@ -81,7 +82,7 @@ fn a_start_function_that_loops_forever_times_out() {
 #[test]
 fn a_start_function_that_loops_forever_can_be_cancelled() {
     let outcome = Runner::new()
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .on_start(|cancel| {
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(100));
@@ -242,11 +243,12 @@ fn a_cancel_before_run_ends_the_program_before_it_starts() {
     let mut threads = WasiThreads::new(&engine, &module).unwrap();
     let events = threads.events();
     let cancel = threads.cancel_handle();
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     cancel.cancel();
     let outcome = threads.run(&linker, store).unwrap();
     assert_eq!(outcome, Outcome::Cancelled);
@@ -351,7 +353,7 @@ fn max_memory_caps_a_shared_memory_that_declares_1_gib() {
 fn runner_max_memory_caps_shared_and_own_memories() {
     for memory in [SHARED_1GIB, OWN_1GIB] {
         let outcome = Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .max_memory(MIB_64)
             .run_bytes(grow_guest(memory).as_bytes())
             .unwrap();
@@ -373,7 +375,7 @@ fn a_minimum_above_max_memory_is_a_load_error() {
     let message = format!("{err:#}");
     assert!(message.contains("memory limit"), "{message}");
     let err = Runner::new()
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .max_memory(MIB_64)
         .run_bytes(guest.as_bytes())
         .unwrap_err();
@@ -393,7 +395,7 @@ fn an_os_stack_too_small_for_the_wasm_stack_is_a_configuration_error() {
     // A runner given an engine whose max_wasm_stack differs says so.
     let err = Runner::new()
         .engine(engine)
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .max_wasm_stack(4 << 20)
         .run_bytes(LOOPING_START.as_bytes())
         .unwrap_err();
@@ -413,7 +415,7 @@ fn a_large_wasm_stack_gets_an_os_stack_that_holds_it() {
     // 16 MiB of wasm stack is twice the default OS stack: without a matching
     // OS stack, the recursion would hit the guard page (SIGSEGV).
     let outcome = Runner::new()
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .max_wasm_stack(16 << 20)
         .run_bytes(RECURSE.as_bytes())
         .unwrap();

@@ -65,11 +65,12 @@ fn spawns_with_idle_gaps_leave_threads_and_mappings_flat() {
     let module = compile(&engine, SPAWN_WITH_GAPS.as_bytes()).unwrap();
     let config = ThreadsConfig::new().keep_alive(Duration::from_millis(1));
     let threads = WasiThreads::with_config(&engine, &module, config).unwrap();
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     // (spawns so far, OS threads, mappings) after 300 and after 3000 spawns.
     let samples = Arc::new(Mutex::new(Vec::new()));
     let recorded = samples.clone();

@@ -212,7 +212,7 @@ fn assert_one_line(name: &str, stderr: &str) {
 fn library(name: &str, bytes: &[u8]) -> wasmtime::Result<Outcome> {
     std::panic::catch_unwind(|| {
         Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .timeout(LIMIT)
             .run_bytes(bytes)
     })

@@ -60,7 +60,7 @@ fn rss_kib() -> u64 {
 fn run(module: &Module, args: &[&str]) -> Outcome {
     Runner::new()
         .args(args.iter().copied())
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .timeout(Duration::from_secs(60))
         .run_module(module)
         .unwrap()
@@ -144,7 +144,7 @@ fn memory_grown_by_one_thread_is_seen_by_all() {
     let captured = stdout.clone();
     let outcome = Runner::new()
         .arg("c-grow")
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .configure_wasi(move |b| {
             b.stdout(captured);
         })
@@ -298,7 +298,7 @@ fn cancel_at_any_moment() {
         // threads spawn: delays from 0 to ~2 ms.
         let delay = Duration::from_micros((i * 7919) % 2000);
         let outcome = Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .on_start(move |cancel| {
                 if delay.is_zero() {
                     cancel.cancel();
@@ -366,7 +366,7 @@ fn random_schedules() {
         let module = compile(&engine, wat.as_bytes()).unwrap();
         let start = Instant::now();
         let outcome = Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .timeout(Duration::from_secs(2))
             .run_module(&module)
             .unwrap();
@@ -433,7 +433,7 @@ fn spawn_right_after_join_at_the_limit_never_fails() {
     )
     .unwrap();
     let outcome = Runner::new()
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .max_threads(1)
         .run_module(&module)
         .unwrap();

@@ -127,7 +127,7 @@ fn host_waits_trap_out_of_bounds_when_the_address_overflows() {
                  (func (export "_start") (drop {op})))"#
         );
         let outcome = wasi_threads_host::Runner::new()
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .run_bytes(wat.as_bytes())
             .unwrap();
         match outcome {

@@ -55,11 +55,12 @@ fn assert_stopped(name: &str, wat: &str) {
         .timeout(Duration::from_secs(60));
     let mut threads = WasiThreads::with_config(&engine, &module, config).unwrap();
     let events = threads.events();
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     let start = Instant::now();
     let outcome = threads.run(&linker, store).unwrap();
     let took = start.elapsed();
@@ -253,7 +254,7 @@ fn a_spinning_main_thread_times_out() {
     let module = compile(&engine, wat.as_bytes()).unwrap();
     let outcome = wasi_threads_host::Runner::new()
         .engine(engine)
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .timeout(Duration::from_millis(200))
         .run_module(&module)
         .unwrap();
@@ -296,7 +297,7 @@ fn a_guest_unreachable_while_running_is_a_trap() {
     let module = compile(&engine, wat.as_bytes()).unwrap();
     let outcome = wasi_threads_host::Runner::new()
         .engine(engine)
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .timeout(Duration::from_secs(30))
         .run_module(&module)
         .unwrap();
@@ -331,7 +332,7 @@ fn a_guest_raising_the_flag_itself_ends_with_a_trap() {
     let module = compile(&engine, wat.as_bytes()).unwrap();
     let outcome = wasi_threads_host::Runner::new()
         .engine(engine)
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .timeout(Duration::from_secs(30))
         .run_module(&module)
         .unwrap();

@@ -77,8 +77,7 @@ fn c_term(module: &Module, who: &str, how: &str, others: &str) -> (Outcome, Dura
     let start = Instant::now();
     let outcome = Runner::new()
         .args(["c-term", who, how, others])
-        .inherit_stdio(false)
-        .stdin(SharedStdin::from_reader(reader))
+        .stdio(wasi_threads_host::Stdio::new().stdin(SharedStdin::from_reader(reader)))
         .timeout(Duration::from_secs(30))
         .run_module(module)
         .unwrap();

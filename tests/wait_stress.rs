@@ -85,7 +85,7 @@ fn many_waiters_on_few_addresses_stopped_mid_way() {
     let run = |module, cancel_after: Option<Duration>| {
         let mut runner = Runner::new()
             .engine(engine.clone())
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .timeout(limit);
         if let Some(delay) = cancel_after {
             runner = runner.on_start(move |cancel| {

@@ -112,7 +112,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasi_threads_host::{SharedOutput, SharedWasi, WasiThreads, compile, engine_config};
+use wasi_threads_host::{SharedOutput, Stdio, WasiThreads, compile, engine_config};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::types::{self, Fdflags, Fstflags, Lookupflags, Oflags, Rights, Whence};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
@@ -1158,13 +1158,12 @@ fn run_ours(spec: &Spec, threads: &WasiThreads<()>, dir: &Path) -> History {
     create_world(dir, &spec.world);
     let capture = Capture::default();
     let out = SharedOutput::from_writer(capture.clone());
-    let ctx = WasiCtxBuilder::new()
+    let mut builder = WasiCtxBuilder::new();
+    builder
         .preopened_dir(dir, "/d", FsPerms::ReadWrite)
         .unwrap()
-        .allow_blocking_current_thread(true)
-        .stdout(out.clone())
-        .build_p1();
-    let mut wasi = SharedWasi::new(ctx, threads).with_stdout(out);
+        .allow_blocking_current_thread(true);
+    let mut wasi = threads.wasi(builder, Stdio::new().stdout(out));
 
     let mut memory = Memory::new(spec.shared_memory);
     let setup: Vec<(Op<u32>, String)> = spec

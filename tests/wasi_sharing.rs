@@ -623,11 +623,12 @@ fn run_library(wat: &str, dir: &std::path::Path, timeout: Option<Duration>) -> L
     builder
         .preopened_dir(dir, "/d", FsPerms::ReadWrite)
         .unwrap();
-    let wasi = SharedWasi::new(builder.build_p1(), &threads);
+    let wasi = threads.wasi(builder, wasi_threads_host::Stdio::new());
     let store = threads.new_store(State { wasi }).unwrap();
     let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)
+        .unwrap();
     let outcome = threads.run(&linker, store).unwrap();
     LibraryRun {
         outcome,

@@ -1,56 +1,46 @@
-//! Embedding wasi-threads in your own host: your `Linker`, your store data,
-//! your host functions next to `thread-spawn` and WASI.
+//! Embedding: your own `Linker` and store data, with a host function of
+//! your own beside `thread-spawn` and WASI.
 //!
-//!     cargo run -p wasi-threads-host --example embed -- wasm-fixtures/rust-threads.wasm [ARGS]
+//!     cargo run -p wasi-threads-host --example embed -- wasm-fixtures/rust-threads.wasm
 
-use wasi_threads_host::{Outcome, SharedStdin, SharedWasi, WasiThreads, compile, engine_config};
-use wasmtime::{Engine, Linker};
-use wasmtime_wasi::WasiCtxBuilder;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use wasi_threads_host::{Outcome, SharedWasi, Stdio, WasiThreads, compile, engine_config};
+use wasmtime::{Caller, Engine, Linker};
 
-/// Store data: every spawned thread gets a clone.
+/// Store data: every spawned thread's store gets a clone.
 #[derive(Clone)]
 struct State {
     wasi: SharedWasi,
+    answers: Arc<AtomicU32>,
+}
+
+/// Runs `wasm`; returns its outcome and how often its threads called `host.answer`.
+pub fn run(wasm: &[u8], stdio: Stdio) -> wasmtime::Result<(Outcome, u32)> {
+    let engine = Engine::new(&engine_config())?; // threads, shared memory
+    let module = compile(&engine, wasm)?; // the checks through which a stop reaches threads
+    let threads = WasiThreads::new(&engine, &module)?;
+    let answers = Arc::new(AtomicU32::new(0));
+    let wasi = threads.wasi(wasmtime_wasi::WasiCtxBuilder::new(), stdio); // one fd table
+    let store = threads.new_store(State {
+        wasi,
+        answers: answers.clone(),
+    })?;
+    let mut linker = Linker::new(&engine);
+    threads.add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)?;
+    linker.func_wrap("host", "answer", |caller: Caller<'_, State>| {
+        caller.data().answers.fetch_add(1, Relaxed);
+        42
+    })?;
+    let outcome = threads.run(&linker, store)?; // every thread joined when it returns
+    Ok((outcome, answers.load(Relaxed)))
 }
 
 fn main() -> wasmtime::Result<std::process::ExitCode> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(path) = args.first() else {
-        wasmtime::bail!("usage: embed MODULE [ARGS]");
-    };
-
-    let engine = Engine::new(&engine_config())?; // threads, shared memory, multi-memory
-    let module = compile(&engine, &std::fs::read(path)?)?; // routes atomic waits through the host
-    let mut threads = WasiThreads::new(&engine, &module)?;
-    let events = threads.events(); // spawned / exited, per TID
-    let _cancel = threads.cancel_handle(); // usable from any thread
-
-    let stdin = SharedStdin::inherit();
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.inherit_stdout()
-        .inherit_stderr()
-        .stdin(stdin.clone())
-        .args(&args);
-    let wasi = SharedWasi::new(wasi.build_p1(), &threads).with_stdin(stdin);
-    let store = threads.new_store(State { wasi })?; // same setup as every spawned store
-
-    let mut linker = Linker::new(&engine);
-    threads.add_to_linker(&mut linker, &store)?; // thread-spawn + the shared memory
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi)?;
-    linker.func_wrap("host", "answer", || 42)?; // your own imports, same linker
-
-    let outcome = threads.run(&linker, store)?; // all threads joined when this returns
-    let spawned = events
-        .try_iter()
-        .filter(|e| matches!(e, wasi_threads_host::ThreadEvent::Spawned { .. }))
-        .count();
-    match &outcome {
-        Outcome::Exit { code, tid } => {
-            eprintln!("embed: exit {code} from thread {tid}, {spawned} threads spawned")
-        }
-        Outcome::Trap { tid, trap } => eprintln!("embed: thread {tid} trapped: {}", trap.message()),
-        other => eprintln!("embed: {other}"),
-    }
-    // The guest's status, truncated to 0..=255 as the OS would.
+    let path = std::env::args()
+        .nth(1)
+        .ok_or_else(|| wasmtime::format_err!("usage: embed MODULE"))?;
+    let (outcome, answers) = run(&std::fs::read(path)?, Stdio::inherit())?;
+    eprintln!("embed: {outcome}; host.answer called {answers} times");
     Ok(std::process::ExitCode::from(outcome.exit_status() as u8))
 }

@@ -8,7 +8,8 @@
 //!   other host functions, and gives every spawned thread its own OS thread,
 //!   `Store` and instance over the program's one shared memory;
 //! - [`SharedWasi`] is WASI preview1 from `wasmtime-wasi` with one fd table
-//!   for all threads;
+//!   for all threads, its stdin, stdout and stderr given once as a
+//!   [`Stdio`], shared without one thread ever stalling another;
 //! - a supervisor learns of every spawn, exit, trap and `proc_exit`, stops
 //!   every other thread and joins it, and hands you one [`Outcome`]. Nothing
 //!   here ever ends your process.
@@ -16,7 +17,7 @@
 //! [`Runner`] does all of it for the common case:
 //!
 //! ```
-//! use wasi_threads_host::{Outcome, Runner};
+//! use wasi_threads_host::{Outcome, Runner, Stdio};
 //!
 //! # fn main() -> wasmtime::Result<()> {
 //! // A program whose main thread spawns a thread and waits until the new
@@ -34,7 +35,7 @@
 //!       (call $exit (i32.atomic.load (i32.const 0)))))"#;
 //!
 //! let outcome = Runner::new()
-//!     .inherit_stdio(false)
+//!     .stdio(Stdio::new())
 //!     .timeout(std::time::Duration::from_secs(30))
 //!     .run_bytes(program.as_bytes())?;
 //! // The first spawned thread's TID is 1; the outcome names the thread that
@@ -76,7 +77,7 @@ mod program;
 mod rewrite;
 mod runner;
 mod sync;
-pub mod wasi;
+mod wasi;
 mod wasi_threads;
 
 /// The errno values `thread-spawn` returns, negated, to a guest that could
@@ -103,9 +104,9 @@ pub use rewrite::{
 #[doc(hidden)]
 pub use rewrite::{rewrite, rewrite_with_map};
 pub use runner::Runner;
-pub use wasi::SharedWasi;
 pub use wasi::stdin::SharedStdin;
-pub use wasi::stdio::SharedOutput;
+pub use wasi::stdio::{MemoryOutput, SharedOutput};
+pub use wasi::{SharedWasi, Stdio};
 pub use wasi_threads::{
     DEFAULT_JOIN_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_THREADS, DEFAULT_STACK_SIZE,
     HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,

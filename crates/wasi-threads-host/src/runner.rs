@@ -3,9 +3,7 @@
 
 use crate::program::{CancelHandle, Outcome};
 use crate::rewrite::GuestModule;
-use crate::wasi::stdin::SharedStdin;
-use crate::wasi::stdio::SharedOutput;
-use crate::wasi::{self, SharedWasi};
+use crate::wasi::{SharedWasi, Stdio};
 use crate::wasi_threads::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
 };
@@ -38,9 +36,8 @@ pub struct Runner {
     args: Vec<String>,
     env: Vec<(String, String)>,
     dirs: Vec<(PathBuf, String)>,
-    inherit_stdio: bool,
+    stdio: Stdio,
     wasi_setup: Vec<WasiSetup>,
-    stdin: Option<SharedStdin>,
     max_threads: Option<u32>,
     keep_alive: Option<Duration>,
     timeout: Option<Duration>,
@@ -63,17 +60,17 @@ struct State {
 }
 
 impl Runner {
-    /// A runner with inherited stdio, no arguments, no environment and no
-    /// preopened directories.
+    /// A runner with the process's stdio ([`Stdio::inherit`]), no arguments
+    /// (until [`run_file`](Self::run_file) sets `argv[0]`), no environment
+    /// and no preopened directories.
     pub fn new() -> Self {
         Runner {
             engine: None,
             args: Vec::new(),
             env: Vec::new(),
             dirs: Vec::new(),
-            inherit_stdio: true,
+            stdio: Stdio::inherit(),
             wasi_setup: Vec::new(),
-            stdin: None,
             max_threads: None,
             keep_alive: None,
             timeout: None,
@@ -116,23 +113,16 @@ impl Runner {
         self
     }
 
-    /// Whether the guest inherits the host's stdin, stdout and stderr
-    /// (default `true`). Without it, the guest's stdio is empty and closed
-    /// unless [`configure_wasi`](Self::configure_wasi) sets it.
-    pub fn inherit_stdio(mut self, inherit: bool) -> Self {
-        self.inherit_stdio = inherit;
+    /// The guest's stdin, stdout and stderr (default: the process's,
+    /// [`Stdio::inherit`]; [`Stdio::new`] for none).
+    pub fn stdio(mut self, stdio: Stdio) -> Self {
+        self.stdio = stdio;
         self
     }
 
-    /// The guest's stdin (instead of the process's). Threads waiting on it
-    /// hold no lock other threads need.
-    pub fn stdin(mut self, stdin: SharedStdin) -> Self {
-        self.stdin = Some(stdin);
-        self
-    }
-
-    /// Further WASI setup (custom stdio streams, clocks, ...), applied after
-    /// the runner's own.
+    /// Further WASI setup (clocks, random generators, sockets, ...), applied
+    /// after the runner's own. Stdio is [`stdio`](Self::stdio)'s: a stream
+    /// set here is used only where that gives none.
     pub fn configure_wasi(
         mut self,
         setup: impl FnOnce(&mut WasiCtxBuilder) + Send + 'static,
@@ -291,22 +281,6 @@ impl Runner {
         // block it directly instead of going through tokio's blocking pool,
         // which costs a thread hand-off per call.
         builder.allow_blocking_current_thread(true);
-        let mut stdin = None;
-        if self.inherit_stdio {
-            // The process's stdin, buffered so that a thread waiting for
-            // input holds no lock other threads need; its stdout and stderr,
-            // written by pump threads so that a stuck reader stalls only the
-            // writing thread, and only until the program stops.
-            let shared = SharedStdin::inherit();
-            builder
-                .stdout(SharedOutput::stdout())
-                .stderr(SharedOutput::stderr())
-                .stdin(shared.clone());
-            stdin = Some(shared);
-        }
-        // A setup hook may replace stdout/stderr: then fd 1 and 2 are only
-        // the context's to write.
-        let shared_output = self.inherit_stdio && self.wasi_setup.is_empty();
         builder.args(&self.args);
         for (key, value) in &self.env {
             builder.env(key, value);
@@ -316,27 +290,15 @@ impl Runner {
                 .preopened_dir(host, guest, FsPerms::ReadWrite)
                 .with_context(|| format!("cannot open directory {}", host.display()))?;
         }
-        if let Some(shared) = &self.stdin {
-            builder.stdin(shared.clone());
-            stdin = Some(shared.clone());
-        }
         for setup in self.wasi_setup {
             setup(&mut builder);
         }
-        let mut wasi = SharedWasi::new(builder.build_p1(), &threads);
-        if let Some(stdin) = stdin {
-            wasi = wasi.with_stdin(stdin);
-        }
-        if shared_output {
-            wasi = wasi
-                .with_stdout(SharedOutput::stdout())
-                .with_stderr(SharedOutput::stderr());
-        }
+        let flush = self.stdio.writes_process_stdout();
+        let wasi = threads.wasi(builder, self.stdio);
         let store = threads.new_store(State { wasi, limits })?;
 
         let mut linker = Linker::new(&engine);
-        threads.add_to_linker(&mut linker, &store)?;
-        wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi)?;
+        threads.add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)?;
         if self.unknown_imports_trap {
             linker.define_unknown_imports_as_traps(module)?;
         }
@@ -345,7 +307,7 @@ impl Runner {
             on_start(threads.cancel_handle());
         }
         let outcome = threads.run(&linker, store);
-        if self.inherit_stdio {
+        if flush {
             flush_stdout();
         }
         outcome

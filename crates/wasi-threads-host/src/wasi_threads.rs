@@ -13,10 +13,12 @@ use crate::program::stop::StopSignal;
 use crate::program::tid::TidAllocator;
 use crate::program::wait::{self, ParkingLot};
 use crate::rewrite::{GuestModule, OffsetMap};
+use crate::wasi::{SharedWasi, Stdio};
 use crossbeam_channel::Receiver;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::{AsContext, Engine, ExternType, Linker, Module, Result, SharedMemory, Store, bail};
+use wasmtime_wasi::WasiCtxBuilder;
 
 /// The default limit on live spawned threads.
 pub const DEFAULT_MAX_THREADS: u32 = 1024;
@@ -163,8 +165,8 @@ pub fn engine_config() -> wasmtime::Config {
 /// One run of one wasi-threads module.
 ///
 /// ```no_run
-/// use wasi_threads_host::{SharedWasi, WasiThreads, engine_config};
-/// use wasmtime::{Engine, Linker, Module};
+/// use wasi_threads_host::{SharedWasi, Stdio, WasiThreads, engine_config};
+/// use wasmtime::{Engine, Linker};
 /// use wasmtime_wasi::WasiCtxBuilder;
 ///
 /// #[derive(Clone)]
@@ -174,12 +176,11 @@ pub fn engine_config() -> wasmtime::Config {
 /// let engine = Engine::new(&engine_config())?;
 /// let module = wasi_threads_host::compile(&engine, &std::fs::read("app.wasm")?)?;
 /// let threads = WasiThreads::new(&engine, &module)?;
-/// let wasi = SharedWasi::new(WasiCtxBuilder::new().inherit_stdio().build_p1(), &threads);
+/// let wasi = threads.wasi(WasiCtxBuilder::new(), Stdio::inherit());
 /// let store = threads.new_store(State { wasi })?;
 ///
 /// let mut linker = Linker::new(&engine);
-/// threads.add_to_linker(&mut linker, &store)?;
-/// wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut State| &mut s.wasi)?;
+/// threads.add_to_linker(&mut linker, &store, |s: &mut State| &mut s.wasi)?;
 /// linker.func_wrap("host", "answer", || 42)?;
 ///
 /// let outcome = threads.run(&linker, store)?;
@@ -379,11 +380,32 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         self.shared.new_store(data)
     }
 
-    /// Defines `wasi` `thread-spawn` and the module's shared memory import in
-    /// `linker`, next to whatever else the embedder defines there. `store` is
-    /// any store of the same data type (Wasmtime needs one to define a
+    /// The WASI preview1 context every thread of this program shares (one
+    /// fd table), built from `builder` with `stdio`'s streams: those replace
+    /// any stdio `builder` was given (see [`Stdio`]). Put it in the store
+    /// data; [`add_to_linker`](Self::add_to_linker) finds it there. Its
+    /// blocking calls give up when the program stops.
+    pub fn wasi(&self, builder: WasiCtxBuilder, stdio: Stdio) -> SharedWasi {
+        SharedWasi::build(builder, stdio, self.stop_signal())
+    }
+
+    /// Defines in `linker`, next to whatever else the embedder defines
+    /// there: `wasi` `thread-spawn`, the module's shared memory import, and
+    /// WASI preview1 (`wasi_snapshot_preview1`) backed by the
+    /// [`SharedWasi`] that `wasi` finds in each thread's store data. `store`
+    /// is any store of the same data type (Wasmtime needs one to define a
     /// memory); the memory itself belongs to no store.
     pub fn add_to_linker(
+        &self,
+        linker: &mut Linker<T>,
+        store: impl AsContext<Data = T>,
+        wasi: impl Fn(&mut T) -> &mut SharedWasi + Copy + Send + Sync + 'static,
+    ) -> Result<()> {
+        self.add_threads_to_linker(linker, &store)?;
+        crate::wasi::add_to_linker(linker, wasi)
+    }
+
+    fn add_threads_to_linker(
         &self,
         linker: &mut Linker<T>,
         store: impl AsContext<Data = T>,

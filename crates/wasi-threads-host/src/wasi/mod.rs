@@ -10,7 +10,8 @@
 //!   `open_file` (reads, writes and seeks of opened files; the latter's
 //!   protocol is model-checked in `tests/files_model.rs`), `readdir`,
 //!   `stat` and `fifo` (Linux);
-//! - the program's stdio: [`SharedOutput`](crate::SharedOutput) (`stdio`, stdout and stderr
+//! - the program's stdio, given once as a [`Stdio`] (`streams`):
+//!   [`SharedOutput`](crate::SharedOutput) (`stdio`, stdout and stderr
 //!   written without the lock, each write whole) and [`SharedStdin`](crate::SharedStdin)
 //!   (`stdin`, input awaited before the lock is taken).
 //!
@@ -31,5 +32,8 @@ mod shared_wasi;
 mod stat;
 pub(crate) mod stdin;
 pub(crate) mod stdio;
+mod streams;
 
-pub use shared_wasi::{SharedWasi, add_to_linker};
+pub use shared_wasi::SharedWasi;
+pub(crate) use shared_wasi::add_to_linker;
+pub use streams::Stdio;

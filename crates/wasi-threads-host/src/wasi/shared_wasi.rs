@@ -47,7 +47,7 @@
 use super::files::{At, Files};
 use super::stdin::SharedStdin;
 use super::stdio::{SharedOutput, WriteFailed};
-use crate::WasiThreads;
+use super::streams::Stdio;
 use crate::program::stop::{StopSignal, Stopped};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -407,9 +407,17 @@ impl std::fmt::Debug for SharedWasi {
 }
 
 impl SharedWasi {
-    /// Shares `ctx` among the threads of the program `threads` will run.
-    pub fn new<T: Clone + Send + 'static>(ctx: WasiP1Ctx, threads: &WasiThreads<T>) -> Self {
-        Self::with_stop_signal(ctx, threads.stop_signal())
+    /// Builds the context from `builder` with `stdio`'s streams (see
+    /// [`Stdio`]), to be shared by the threads of the program whose stop
+    /// signal is `stop`.
+    pub(crate) fn build(mut builder: WasiCtxBuilder, stdio: Stdio, stop: StopSignal) -> Self {
+        stdio.apply(&mut builder);
+        let (stdin, stdout, stderr) = stdio.into_parts();
+        let mut wasi = Self::with_stop_signal(builder.build_p1(), stop);
+        wasi.stdin = stdin;
+        wasi.stdout = stdout;
+        wasi.stderr = stderr;
+        wasi
     }
 
     /// Shares `ctx`; blocking calls give up when `stop` fires.
@@ -435,30 +443,6 @@ impl SharedWasi {
             stdio_moved: Arc::new(AtomicU8::new(0)),
             files: Arc::default(),
         }
-    }
-
-    /// Declares that the context's stdin is `stdin` (the same value given to
-    /// `WasiCtxBuilder::stdin`), so that threads reading or polling it wait
-    /// for input without holding the shared context. Without this, a thread
-    /// blocked reading stdin stalls every other thread's WASI calls.
-    pub fn with_stdin(mut self, stdin: SharedStdin) -> Self {
-        self.stdin = Some(stdin);
-        self
-    }
-
-    /// Declares that the context's stdout is `stdout` (the same value given
-    /// to `WasiCtxBuilder::stdout`), so that writes to fd 1 go to its pump
-    /// without the shared context: a thread writing to a pipe nobody reads
-    /// then blocks only itself, and leaves when the program stops.
-    pub fn with_stdout(mut self, stdout: SharedOutput) -> Self {
-        self.stdout = Some(stdout);
-        self
-    }
-
-    /// As [`SharedWasi::with_stdout`], for stderr and fd 2.
-    pub fn with_stderr(mut self, stderr: SharedOutput) -> Self {
-        self.stderr = Some(stderr);
-        self
     }
 
     fn is_original(&self, fd: u32) -> bool {
@@ -831,7 +815,7 @@ async fn first_of(
 
 /// Adds WASI preview1 (`wasi_snapshot_preview1`), backed by a [`SharedWasi`]
 /// in each thread's store data, to `linker`.
-pub fn add_to_linker<T: Send + 'static>(
+pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut wasmtime::Linker<T>,
     get: impl Fn(&mut T) -> &mut SharedWasi + Copy + Send + Sync + 'static,
 ) -> Result<()> {

@@ -20,8 +20,9 @@ use wasmtime_wasi::p2::{InputStream, Pollable, StreamError, StreamResult};
 
 const CHUNK: usize = 64 * 1024;
 
-/// A stdin for the guest, shareable by its threads. Give a clone to
-/// `WasiCtxBuilder::stdin` and one to [`SharedWasi::with_stdin`](crate::SharedWasi::with_stdin).
+/// A stdin for the guest (the process's, a pipe, a file, bytes in memory),
+/// which its threads wait on without holding anything another thread
+/// needs; given to the program through [`Stdio`](crate::Stdio).
 #[derive(Clone)]
 pub struct SharedStdin {
     /// Held for its `Drop` only.
@@ -82,6 +83,11 @@ impl SharedStdin {
     /// reports end of file or an error.
     pub fn from_reader(reader: impl Read + Send + 'static) -> Self {
         Self::with_source(Box::new(reader), false)
+    }
+
+    /// Input from memory: `bytes`, then end of file.
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
+        Self::from_reader(std::io::Cursor::new(bytes.into()))
     }
 
     fn with_source(source: Box<dyn Read + Send>, is_terminal: bool) -> Self {

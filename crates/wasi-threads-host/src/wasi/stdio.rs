@@ -39,11 +39,11 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 /// if a single write is larger (those are in memory already).
 const QUEUE_BYTES: usize = 1 << 20;
 
-/// An output destination (stdout, stderr, or any writer) that the threads of
-/// a program write to without blocking in the write themselves. Give a clone
-/// to `WasiCtxBuilder::stdout`/`stderr` and one to
-/// [`SharedWasi::with_stdout`](crate::SharedWasi::with_stdout)/
-/// [`with_stderr`](crate::SharedWasi::with_stderr).
+/// An output destination (the process's stdout or stderr, a file, a pipe,
+/// memory, any writer) that the threads of a program write to without
+/// blocking in the write themselves; given to the program through
+/// [`Stdio`](crate::Stdio). Each write reaches the destination whole, never
+/// interleaved with another thread's.
 #[derive(Clone)]
 pub struct SharedOutput {
     /// Held for its `Drop` only.
@@ -106,6 +106,44 @@ struct State {
     sink: Option<Box<dyn Write + Send>>,
 }
 
+/// The bytes written to a [`SharedOutput::memory`].
+#[derive(Clone)]
+pub struct MemoryOutput {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    limit: usize,
+}
+
+impl MemoryOutput {
+    /// What was written so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.bytes.lock().clone()
+    }
+}
+
+impl std::fmt::Debug for MemoryOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryOutput")
+            .field("len", &self.bytes.lock().len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl Write for MemoryOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.bytes.lock();
+        if bytes.len().saturating_add(buf.len()) > self.limit {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Why a write did not complete.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriteFailed {
@@ -127,9 +165,29 @@ impl SharedOutput {
         PROCESS.get_or_init(|| Self::process(2)).clone()
     }
 
-    /// Output to `writer`, written by a pump thread started on first use.
+    /// Output to `writer` (a file, a pipe, a socket, ...), written by a pump
+    /// thread started on first use.
     pub fn from_writer(writer: impl Write + Send + 'static) -> Self {
         Self::with_sink(Box::new(writer), false, -1, DIRECT_NEVER)
+    }
+
+    /// Output kept in memory, at most `limit` bytes: the first write that
+    /// would pass the limit fails with `ENOSPC`, as on a full disk, and so
+    /// does every later one. [`MemoryOutput::contents`] gives what was
+    /// written; once the program's `run` has returned, that is everything
+    /// its threads wrote.
+    pub fn memory(limit: usize) -> (Self, MemoryOutput) {
+        let buffer = MemoryOutput {
+            bytes: Arc::new(Mutex::new(Vec::new())),
+            limit,
+        };
+        let output = Self::from_writer(buffer.clone());
+        (output, buffer)
+    }
+
+    /// Whether this is [`SharedOutput::stdout`].
+    pub(crate) fn is_process_stdout(&self) -> bool {
+        Arc::ptr_eq(&self.inner, &Self::stdout().inner)
     }
 
     #[cfg(not(unix))]
