@@ -1,7 +1,7 @@
 //! The benchmarks that compare the host with native builds only: thread
 //! creation, bursts, a CPU kernel, idle memory and stop latency.
 
-use crate::{Bench, median, native, row};
+use crate::harness::{Bench, median, native, row};
 use parking_lot::Mutex;
 use std::process::Command;
 use std::sync::Arc;
@@ -127,7 +127,7 @@ fn idle_rss(b: &mut Bench, n: usize) -> u64 {
     };
     let outcome = Runner::new()
         .args(["bench-idle".to_string(), n.to_string(), "1".to_string()])
-        .inherit_stdio(false)
+        .stdio(wasi_threads_host::Stdio::new())
         .configure_wasi(move |b| {
             b.stdout(captured);
         })
@@ -221,7 +221,7 @@ fn stop_latency(engine: &Engine, pages: u32, parked: u32, spinning: u32) -> Dura
     let module = compile(engine, stop_guest(pages, parked, spinning).as_bytes()).unwrap();
     let threads = WasiThreads::new(engine, &module).unwrap();
     let mark = Arc::new(Mutex::new(None));
-    let wasi = SharedWasi::new(WasiCtxBuilder::new().build_p1(), &threads);
+    let wasi = threads.wasi(WasiCtxBuilder::new(), wasi_threads_host::Stdio::new());
     let store = threads
         .new_store(StopState {
             wasi,
@@ -229,8 +229,9 @@ fn stop_latency(engine: &Engine, pages: u32, parked: u32, spinning: u32) -> Dura
         })
         .unwrap();
     let mut linker = Linker::new(engine);
-    threads.add_to_linker(&mut linker, &store).unwrap();
-    wasi_threads_host::wasi::add_to_linker(&mut linker, |s: &mut StopState| &mut s.wasi).unwrap();
+    threads
+        .add_to_linker(&mut linker, &store, |s: &mut StopState| &mut s.wasi)
+        .unwrap();
     linker
         .func_wrap(
             "bench",

@@ -29,8 +29,8 @@
 //! directory), `--pattern P`, `--idle` / `--hogs`; `generate` only makes
 //! the tree and prints where it is (to profile a run by hand).
 
-use crate::hogs::Hogs;
-use crate::root;
+use crate::harness::hogs::Hogs;
+use crate::harness::root;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -107,7 +107,7 @@ impl Runners {
             .engine(self.engine.clone())
             .arg(NAME)
             .args(args.iter().cloned())
-            .inherit_stdio(false)
+            .stdio(wasi_threads_host::Stdio::new())
             .preopened_dir(&self.dir, "/d")
             .configure_wasi(move |b| {
                 b.stdout(captured).inherit_stderr();

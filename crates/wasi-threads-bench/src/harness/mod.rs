@@ -1,0 +1,111 @@
+//! The measuring harness every group shares: where the fixtures and native
+//! baselines are ([`root`], [`native`]), running a fixture in this process
+//! ([`Bench`]), the `RESULT key=value` lines guests print ([`parse`]),
+//! medians and rows, the peers a workload runs on ([`peers`]: native, ours,
+//! the CLI, wasmtime 36, the floor), interleaved repetitions and their table
+//! ([`interleave`]), and CPU hogs for an oversubscribed machine ([`hogs`]).
+
+pub mod hogs;
+pub mod interleave;
+pub mod peers;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use wasi_threads_host::{Outcome, Runner, compile};
+use wasmtime::{Engine, Module};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn native(name: &str) -> PathBuf {
+    let path = root().join("wasm-fixtures/native").join(name);
+    if !path.exists() {
+        let status = Command::new(root().join("wasm-fixtures/build.sh"))
+            .arg("--native-only")
+            .status()
+            .expect("run wasm-fixtures/build.sh --native-only");
+        assert!(status.success(), "building the native baselines failed");
+    }
+    path
+}
+
+pub type Results = HashMap<String, u64>;
+
+pub fn parse(out: &str) -> Results {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .filter_map(|l| l.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+pub struct Bench {
+    pub engine: Engine,
+    pub modules: HashMap<String, Module>,
+}
+
+impl Bench {
+    pub fn module(&mut self, name: &str) -> Module {
+        if let Some(m) = self.modules.get(name) {
+            return m.clone();
+        }
+        let bytes = std::fs::read(root().join("wasm-fixtures").join(format!("{name}.wasm")))
+            .expect("fixture");
+        let module = compile(&self.engine, &bytes).expect("compile fixture");
+        self.modules.insert(name.to_string(), module.clone());
+        module
+    }
+
+    /// Runs a fixture in-process and returns its RESULT lines (stdout and
+    /// stderr).
+    pub fn wasm(&mut self, name: &str, args: &[&str], dir: Option<&Path>) -> Results {
+        let module = self.module(name);
+        let stdout = MemoryOutputPipe::new(16 << 20);
+        let stderr = MemoryOutputPipe::new(1 << 20);
+        let (out, err) = (stdout.clone(), stderr.clone());
+        let mut runner = Runner::new()
+            .arg(name)
+            .args(args.iter().copied())
+            .stdio(wasi_threads_host::Stdio::new())
+            .configure_wasi(move |b| {
+                b.stdout(out).stderr(err);
+            });
+        if let Some(dir) = dir {
+            runner = runner.preopened_dir(dir, "/out");
+        }
+        let outcome = runner.run_module(&module).expect("run");
+        assert!(
+            matches!(outcome, Outcome::Exit { code: 0, .. }),
+            "{name} {args:?}: {outcome}: {}",
+            String::from_utf8_lossy(&stderr.contents())
+        );
+        let mut results = parse(&String::from_utf8_lossy(&stdout.contents()));
+        results.extend(parse(&String::from_utf8_lossy(&stderr.contents())));
+        results
+    }
+
+    pub fn native(&self, name: &str, args: &[&str]) -> Results {
+        let out = Command::new(native(name))
+            .args(args)
+            .output()
+            .expect("run native baseline");
+        assert!(out.status.success(), "native {name} {args:?} failed");
+        parse(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// The median of `runs` measurements.
+pub fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+pub fn row(what: &str, wasm: f64, native: f64, unit: &str) {
+    println!(
+        "{what:<44} {wasm:>12.1} {unit:<6} native {native:>12.1} {unit:<6} ratio {:>6.2}x",
+        wasm / native
+    );
+}
