@@ -49,7 +49,7 @@ tokio *targets:
 # Each optional feature of the library alone, on top of a compiler (read from
 # the manifest's [features] table, so a new feature is covered).
 features:
-    for feature in $(awk '/^\[/ { on = ($0 == "[features]"); next } on && /^[a-z]/ && $1 != "default" && $1 != "cranelift" { print $1 }' crates/wasi-threads-host/Cargo.toml); do cargo check -p wasi-threads-host --no-default-features --features "cranelift,$feature" || exit 1; done
+    .ci/features
 
 # cargo check for macOS and Windows (library with minimal features, CLI).
 cross-check *targets:

@@ -5,7 +5,7 @@
 mod common;
 
 use std::ops::Range;
-use wasi_threads_host::{GuestModule, Outcome, Runner, compile_guest, engine_config};
+use wasi_threads_host::{CompiledModule, Outcome, Runner, compile, engine_config};
 use wasmparser::{Operator, Parser, Payload};
 use wasmtime::{Engine, Linker, Store, WasmBacktrace, WasmBacktraceDetails};
 
@@ -114,14 +114,14 @@ fn frames(backtrace: &str) -> Vec<(usize, String, Vec<String>)> {
 
 /// Runs a fixture whose spawned thread traps; returns the module as
 /// compiled and the backtrace the host reported.
-fn trap_in_thread(fixture: &str) -> (Vec<u8>, GuestModule, String) {
+fn trap_in_thread(fixture: &str) -> (Vec<u8>, CompiledModule, String) {
     let bytes = std::fs::read(common::fixture(fixture)).unwrap();
     let engine = engine();
-    let guest = compile_guest(&engine, &bytes).unwrap();
+    let guest = compile(&engine, &bytes).unwrap();
     assert!(!guest.offsets().is_identity(), "the fixture is rewritten");
     let outcome = Runner::new()
         .stdio(wasi_threads_host::Stdio::new())
-        .run_guest(&guest)
+        .run_module(&guest)
         .unwrap();
     let Outcome::Trap { trap, .. } = outcome else {
         panic!("expected a trap, got {outcome}");
@@ -137,7 +137,7 @@ fn trap_in_thread(fixture: &str) -> (Vec<u8>, GuestModule, String) {
 /// file.
 fn check_frame(
     bytes: &[u8],
-    guest: &GuestModule,
+    guest: &CompiledModule,
     backtrace: &str,
     (function, symbol): (&str, &str),
     source: &str,
@@ -222,7 +222,7 @@ fn c_trap_in_a_thread_shows_the_users_file_line_and_offsets() {
     );
 }
 
-/// `GuestModule::format_backtrace` tells a trap in the offsets of the file
+/// `CompiledModule::format_backtrace` tells a trap in the offsets of the file
 /// the user built, and function indices from before the rewrite's imports.
 #[test]
 fn backtraces_are_formatted_in_the_original_offsets() {
@@ -234,7 +234,7 @@ fn backtraces_are_formatted_in_the_original_offsets() {
       (func $outer (export "outer") (call $inner)))"#;
     let original = wat::parse_str(wat).unwrap();
     let engine = engine();
-    let guest = compile_guest(&engine, &original).unwrap();
+    let guest = compile(&engine, &original).unwrap();
     assert!(!guest.offsets().is_identity());
 
     let mut store = Store::new(&engine, ());
@@ -344,10 +344,10 @@ fn native_debug_info_accepts_the_remapped_dwarf() {
     let engine = Engine::new(&config).unwrap();
     for fixture in ["c-debug-trap.wasm", "rust-debug-trap.wasm"] {
         let bytes = std::fs::read(common::fixture(fixture)).unwrap();
-        let guest = compile_guest(&engine, &bytes).unwrap();
+        let guest = compile(&engine, &bytes).unwrap();
         let outcome = Runner::new()
             .stdio(wasi_threads_host::Stdio::new())
-            .run_module(guest.module())
+            .run_module(&guest)
             .unwrap();
         let Outcome::Trap { trap, .. } = outcome else {
             panic!("{fixture}: expected a trap, got {outcome}");

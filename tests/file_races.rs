@@ -23,8 +23,9 @@ mod common;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use wasi_threads_host::CompiledModule;
 use wasi_threads_host::{Outcome, Runner};
-use wasmtime::{Engine, Module};
+use wasmtime::Engine;
 
 const RECORDS: u32 = 20_000;
 
@@ -202,12 +203,12 @@ fn big_stdout_write() -> String {
     )
 }
 
-fn compile(engine: &Engine, wat: &str) -> Module {
+fn compile(engine: &Engine, wat: &str) -> CompiledModule {
     let wasm = wat::parse_str(wat).expect("valid text");
     wasi_threads_host::compile(engine, &wasm).expect("compiles")
 }
 
-fn run(engine: &Engine, module: &Module, dir: &Path) -> Outcome {
+fn run(engine: &Engine, module: &CompiledModule, dir: &Path) -> Outcome {
     Runner::new()
         .engine(engine.clone())
         .arg("race.wasm")

@@ -6,8 +6,9 @@ mod common;
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
+use wasi_threads_host::CompiledModule;
 use wasi_threads_host::{MAIN_TID, Outcome, Runner, compile, engine_config};
-use wasmtime::{Engine, Module};
+use wasmtime::Engine;
 
 /// These tests count the process's threads; they must not overlap.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -57,7 +58,7 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
-fn run(module: &Module, args: &[&str]) -> Outcome {
+fn run(module: &CompiledModule, args: &[&str]) -> Outcome {
     Runner::new()
         .args(args.iter().copied())
         .stdio(wasi_threads_host::Stdio::new())
@@ -66,7 +67,7 @@ fn run(module: &Module, args: &[&str]) -> Outcome {
         .unwrap()
 }
 
-fn fixture_module(engine: &Engine, name: &str) -> Module {
+fn fixture_module(engine: &Engine, name: &str) -> CompiledModule {
     let file = format!("{name}.wasm");
     compile(engine, &std::fs::read(common::fixture(&file)).unwrap()).unwrap()
 }
@@ -180,7 +181,7 @@ fn race_guest(body: &str) -> String {
     )
 }
 
-fn repeat(module: &Module, times: usize, ok: impl Fn(&Outcome) -> bool) {
+fn repeat(module: &CompiledModule, times: usize, ok: impl Fn(&Outcome) -> bool) {
     for i in 0..times {
         let start = Instant::now();
         let outcome = run(module, &["race"]);

@@ -261,20 +261,6 @@ fn a_spinning_main_thread_times_out() {
     assert_eq!(outcome, Outcome::TimedOut);
 }
 
-#[test]
-fn a_module_compiled_without_the_rewrite_is_refused() {
-    let engine = Engine::new(&engine_config()).unwrap();
-    let wat = r#"(module (func (export "_start")))"#;
-    let module = wasmtime::Module::new(&engine, wat).unwrap();
-    let err = WasiThreads::<()>::new(&engine, &module)
-        .err()
-        .expect("refused");
-    assert!(
-        err.to_string().contains("wasi_threads_host::compile"),
-        "{err}"
-    );
-}
-
 /// A check traps, and the host takes an `unreachable` trap for a stop only
 /// while the flag is raised: a module that passes the rewrite's verification
 /// and reaches an `unreachable` of its own while nothing stops the program

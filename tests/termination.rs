@@ -8,8 +8,9 @@ mod common;
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
+use wasi_threads_host::CompiledModule;
 use wasi_threads_host::{MAIN_TID, Outcome, Runner, SharedStdin, compile, engine_config};
-use wasmtime::{Engine, Module};
+use wasmtime::Engine;
 
 /// The tests of this file count the process's threads, so they must not
 /// overlap.
@@ -71,7 +72,7 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
-fn c_term(module: &Module, who: &str, how: &str, others: &str) -> (Outcome, Duration) {
+fn c_term(module: &CompiledModule, who: &str, how: &str, others: &str) -> (Outcome, Duration) {
     // Stdin is an open pipe nobody writes to, so reads block.
     let (reader, writer) = std::io::pipe().unwrap();
     let start = Instant::now();
@@ -107,7 +108,7 @@ fn expected(who: &str, how: &str) -> fn(&Outcome) -> bool {
     }
 }
 
-fn module() -> Module {
+fn module() -> CompiledModule {
     let engine = Engine::new(&engine_config()).unwrap();
     let bytes = std::fs::read(common::fixture("c-term.wasm")).unwrap();
     compile(&engine, &bytes).unwrap()

@@ -179,12 +179,12 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     let guest = match module_cache_dir().filter(|_| !no_cache) {
         Some(dir) => ModuleCache::new(dir)
             .max_size(cache_size)
-            .compile_guest(&engine, &bytes),
-        None => wasi_threads_host::compile_guest(&engine, &bytes),
+            .compile(&engine, &bytes),
+        None => wasi_threads_host::compile(&engine, &bytes),
     }
     .with_context(|| format!("cannot run {}", path.display()))?;
     runner
-        .run_guest(&guest)
+        .run_module(&guest)
         .with_context(|| format!("cannot run {}", path.display()))
 }
 

@@ -53,7 +53,7 @@
 //!
 //! The engine needs threads, shared memory and multi-memory;
 //! [`engine_config`] returns such a configuration. Modules must be compiled
-//! with [`compile`] (or [`compile_guest`], or a [`ModuleCache`]), which adds
+//! with [`compile`] (or a [`ModuleCache`]), which adds
 //! the checks through which a stop reaches running threads and routes
 //! `memory.atomic.wait` through the host: the host does not use epoch
 //! interruption, so an embedder's epochs and deadlines are its own, and a
@@ -96,10 +96,7 @@ pub mod errno {
 pub use program::{
     CancelHandle, MAIN_TID, MAX_TID, Notifier, Outcome, ThreadEvent, ThreadExit, TrapInfo,
 };
-pub use rewrite::{
-    DEFAULT_CACHE_SIZE, GuestModule, ModuleCache, OffsetMap, compile, compile_guest,
-    compile_guest_cached,
-};
+pub use rewrite::{CompiledModule, DEFAULT_CACHE_SIZE, ModuleCache, OffsetMap, compile};
 // For the differential fuzzer (crates/rewrite-diff); not part of the API.
 #[doc(hidden)]
 pub use rewrite::{rewrite, rewrite_with_map};

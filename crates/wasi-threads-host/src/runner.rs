@@ -2,7 +2,7 @@
 //! and the [`Outcome`].
 
 use crate::program::{CancelHandle, Outcome};
-use crate::rewrite::GuestModule;
+use crate::rewrite::CompiledModule;
 use crate::wasi::{SharedWasi, Stdio};
 use crate::wasi_threads::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
@@ -10,7 +10,7 @@ use crate::wasi_threads::{
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wasmtime::error::Context as _;
-use wasmtime::{Engine, Linker, Module, Result, Store, StoreLimits, StoreLimitsBuilder, bail};
+use wasmtime::{Engine, Linker, Result, Store, StoreLimits, StoreLimitsBuilder, bail};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 type WasiSetup = Box<dyn FnOnce(&mut WasiCtxBuilder) + Send>;
@@ -223,23 +223,18 @@ impl Runner {
                 Engine::new(&config)?
             }
         };
-        let guest = crate::rewrite::compile_guest(&engine, bytes)?;
-        self.run_guest(&guest)
+        let module = crate::rewrite::compile(&engine, bytes)?;
+        self.run_prepared(&module)
     }
 
-    /// Runs a module compiled with this runner's engine by
-    /// [`compile_guest`](crate::compile_guest): trap backtraces give the
-    /// offsets of the module the user built.
-    pub fn run_guest(self, guest: &GuestModule) -> Result<Outcome> {
-        self.run_prepared(guest.module(), Some(guest))
+    /// Runs a module [`compile`](crate::compile)d with this runner's engine
+    /// (or taken from a [`ModuleCache`](crate::ModuleCache)).
+    pub fn run_module(self, module: &CompiledModule) -> Result<Outcome> {
+        self.run_prepared(module)
     }
 
-    /// Runs a module compiled with this runner's engine.
-    pub fn run_module(self, module: &Module) -> Result<Outcome> {
-        self.run_prepared(module, None)
-    }
-
-    fn run_prepared(self, module: &Module, guest: Option<&GuestModule>) -> Result<Outcome> {
+    fn run_prepared(self, compiled: &CompiledModule) -> Result<Outcome> {
+        let module = compiled.module();
         let engine = module.engine().clone();
         let mut config = ThreadsConfig::new().store_setup(|store: &mut Store<State>| {
             store.limiter(|state| &mut state.limits);
@@ -271,10 +266,7 @@ impl Runner {
         if let Some(idle) = self.keep_alive {
             config = config.keep_alive(idle);
         }
-        let threads = match guest {
-            Some(guest) => WasiThreads::with_guest(&engine, guest, config)?,
-            None => WasiThreads::with_config(&engine, module, config)?,
-        };
+        let threads = WasiThreads::with_config(&engine, compiled, config)?;
 
         let mut builder = WasiCtxBuilder::new();
         // Every guest thread has an OS thread of its own, so file I/O can

@@ -12,7 +12,7 @@ use crate::program::spawn::{self, Entry, Shared, StoreSetup};
 use crate::program::stop::StopSignal;
 use crate::program::tid::TidAllocator;
 use crate::program::wait::{self, ParkingLot};
-use crate::rewrite::{GuestModule, OffsetMap};
+use crate::rewrite::{CompiledModule, OffsetMap};
 use crate::wasi::{SharedWasi, Stdio};
 use crossbeam_channel::Receiver;
 use std::sync::{Arc, OnceLock};
@@ -197,30 +197,24 @@ pub struct WasiThreads<T: 'static> {
 
 impl<T: Clone + Send + 'static> WasiThreads<T> {
     /// Prepares `module` to run with default settings.
-    pub fn new(engine: &Engine, module: &Module) -> Result<Self> {
+    pub fn new(engine: &Engine, module: &CompiledModule) -> Result<Self> {
         Self::with_config(engine, module, ThreadsConfig::default())
     }
 
     /// Prepares `module` to run with `config`: checks its imports and
     /// exports, checks the OS stack against the engine's wasm stack, and
-    /// creates its shared memory.
-    pub fn with_config(engine: &Engine, module: &Module, config: ThreadsConfig<T>) -> Result<Self> {
-        Self::prepare(engine, module, None, config)
-    }
-
-    /// Prepares a module compiled with [`compile_guest`](crate::compile_guest)
-    /// to run with `config`. Trap backtraces then give the code offsets of
+    /// creates its shared memory. Trap backtraces give the code offsets of
     /// the module the user built (which `wasm-tools addr2line` or
     /// `llvm-symbolizer` understand), not those of the host's rewrite.
-    pub fn with_guest(
+    pub fn with_config(
         engine: &Engine,
-        guest: &GuestModule,
+        module: &CompiledModule,
         config: ThreadsConfig<T>,
     ) -> Result<Self> {
         Self::prepare(
             engine,
-            guest.module(),
-            Some(guest.offsets().clone()),
+            module.module(),
+            Some(module.offsets().clone()),
             config,
         )
     }
@@ -245,7 +239,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         if !crate::rewrite::is_prepared(module) {
             bail!(
                 "the module was not compiled with `wasi_threads_host::compile` (or \
-                 `compile_guest`), which adds the checks through which its threads are stopped; \
+                 `compile`), which adds the checks through which its threads are stopped; \
                  compile it with that instead of `Module::new`"
             );
         }

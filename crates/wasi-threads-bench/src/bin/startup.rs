@@ -1,10 +1,10 @@
 //! Startup cost of a module: the rewrite alone, a first (uncached) compile,
-//! and a run of `compile_guest_cached` with a warm cache.
+//! and a run of `ModuleCache::compile` with a warm cache.
 //!
 //!     cargo run --release -p wasi-threads-bench --bin startup -- MODULE.wasm [RUNS]
 
 use std::time::{Duration, Instant};
-use wasi_threads_host::{compile_guest, compile_guest_cached, engine_config, rewrite};
+use wasi_threads_host::{ModuleCache, compile, engine_config, rewrite};
 use wasmtime::Engine;
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -30,9 +30,10 @@ fn main() -> wasmtime::Result<()> {
         Ok(median(times))
     };
     let rewrite_only = time(&mut || rewrite(&bytes).map(drop))?;
-    let uncached = time(&mut || compile_guest(&engine, &bytes).map(drop))?;
-    compile_guest_cached(&engine, &bytes, &dir)?;
-    let warm = time(&mut || compile_guest_cached(&engine, &bytes, &dir).map(drop))?;
+    let uncached = time(&mut || compile(&engine, &bytes).map(drop))?;
+    let cache = ModuleCache::new(&dir);
+    cache.compile(&engine, &bytes)?;
+    let warm = time(&mut || cache.compile(&engine, &bytes).map(drop))?;
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "{path}: {} bytes; medians of {runs}: rewrite {rewrite_only:?}, \

@@ -48,7 +48,7 @@ pub(crate) struct Shared<T: 'static> {
     pub pool: WorkerPool,
     pub store_setup: Option<StoreSetup<T>>,
     /// How the rewrite moved the module's code, when the program was
-    /// prepared from a [`GuestModule`](crate::GuestModule): trap backtraces
+    /// prepared from a [`CompiledModule`](crate::CompiledModule): trap backtraces
     /// then show the offsets of the module the user built.
     pub offsets: Option<Arc<OffsetMap>>,
 }

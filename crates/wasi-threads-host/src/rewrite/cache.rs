@@ -10,7 +10,7 @@
 //! [`OffsetMap`]. It is bounded: beyond its size, the entries used least
 //! recently are removed.
 
-use super::{GuestModule, OffsetMap, compile_guest};
+use super::{CompiledModule, OffsetMap, compile};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,8 @@ use wasmtime::{Engine, Module, Result};
 // what another build cached.
 include!(concat!(env!("OUT_DIR"), "/rewrite_sources.rs"));
 
-/// The most bytes [`compile_guest_cached`] keeps in its directory: 512 MiB.
+/// The most bytes a [`ModuleCache`] keeps in its directory unless told
+/// otherwise: 512 MiB.
 pub const DEFAULT_CACHE_SIZE: u64 = 512 << 20;
 
 /// Temporary files older than this are left over from a process that died
@@ -42,7 +43,7 @@ const STALE_TEMPORARY: Duration = Duration::from_secs(600);
 /// use wasi_threads_host::{ModuleCache, engine_config};
 /// let engine = wasmtime::Engine::new(&engine_config())?;
 /// let cache = ModuleCache::new("/home/me/.cache/my-host").max_size(64 << 20);
-/// let guest = cache.compile_guest(&engine, &std::fs::read("app.wasm")?)?;
+/// let guest = cache.compile(&engine, &std::fs::read("app.wasm")?)?;
 /// # let _ = guest; Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -69,9 +70,9 @@ impl ModuleCache {
         self
     }
 
-    /// [`compile_guest`], with what it produces kept in the cache and reused
+    /// [`compile`], with what it produces kept in the cache and reused
     /// by later calls for the same module and engine settings.
-    pub fn compile_guest(&self, engine: &Engine, bytes: &[u8]) -> Result<GuestModule> {
+    pub fn compile(&self, engine: &Engine, bytes: &[u8]) -> Result<CompiledModule> {
         let dir = &self.dir;
         let key = cache_key(REWRITE_SOURCES, engine, bytes);
         let module_path = dir.join(format!("{key}.cwasm"));
@@ -88,10 +89,10 @@ impl ModuleCache {
             }
             return Ok(guest);
         }
-        // `compile_guest` leaves out DWARF the engine does not read. The key
+        // `compile` leaves out DWARF the engine does not read. The key
         // needs no more for it: whether the engine reads DWARF is part of its
         // compatibility hash.
-        let guest = compile_guest(engine, bytes)?;
+        let guest = compile(engine, bytes)?;
         match store(&guest, dir, &module_path, &map_path) {
             Ok(()) => {
                 log::debug!("module compiled and cached ({})", module_path.display());
@@ -104,14 +105,6 @@ impl ModuleCache {
         }
         Ok(guest)
     }
-}
-
-/// [`compile_guest`], with what it produces kept in `dir` (created if
-/// missing) and reused by later calls for the same module and engine
-/// settings: [`ModuleCache::new(dir)`](ModuleCache) with its default size
-/// bound, [`DEFAULT_CACHE_SIZE`].
-pub fn compile_guest_cached(engine: &Engine, bytes: &[u8], dir: &Path) -> Result<GuestModule> {
-    ModuleCache::new(dir).compile_guest(engine, bytes)
 }
 
 /// The key of `bytes` compiled by `engine` with the rewrite whose source is
@@ -221,7 +214,7 @@ fn hash_module(hasher: &mut blake3::Hasher, bytes: &[u8]) {
     hasher.update(bytes);
 }
 
-fn load(engine: &Engine, module_path: &Path, map_path: &Path) -> Option<GuestModule> {
+fn load(engine: &Engine, module_path: &Path, map_path: &Path) -> Option<CompiledModule> {
     let map = OffsetMap::decode(&std::fs::read(map_path).ok()?)?;
     // SAFETY: `Module::deserialize_file` requires bytes that
     // `Module::serialize` produced for a compatible engine. The file is
@@ -238,10 +231,10 @@ fn load(engine: &Engine, module_path: &Path, map_path: &Path) -> Option<GuestMod
             return None;
         }
     };
-    Some(GuestModule::new(module, Arc::new(map)))
+    Some(CompiledModule::new(module, Arc::new(map)))
 }
 
-fn store(guest: &GuestModule, dir: &Path, module_path: &Path, map_path: &Path) -> Result<()> {
+fn store(guest: &CompiledModule, dir: &Path, module_path: &Path, map_path: &Path) -> Result<()> {
     let Some(map) = guest.offsets().encode() else {
         return Ok(());
     };
@@ -271,7 +264,7 @@ mod tests {
         let engine = Engine::new(&crate::engine_config()).unwrap();
         let dir = std::env::temp_dir().join(format!("wth-cache-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let first = compile_guest_cached(&engine, GUEST, &dir).unwrap();
+        let first = ModuleCache::new(&dir).compile(&engine, GUEST).unwrap();
         let encoded = first.offsets().encode().unwrap();
         let decoded = OffsetMap::decode(&encoded).unwrap();
         assert_eq!(decoded.encode().unwrap(), encoded, "the map round-trips");
@@ -282,15 +275,15 @@ mod tests {
         let map_path = dir.join(format!("{key}.map"));
         assert_eq!(std::fs::read(&map_path).unwrap(), encoded);
         std::fs::write(&map_path, OffsetMap::identity().encode().unwrap()).unwrap();
-        let second = compile_guest_cached(&engine, GUEST, &dir).unwrap();
+        let second = ModuleCache::new(&dir).compile(&engine, GUEST).unwrap();
         assert!(second.offsets().is_identity(), "loaded from the cache");
 
         // A damaged entry is ignored: the module is compiled again.
         std::fs::write(&map_path, b"garbage").unwrap();
-        let third = compile_guest_cached(&engine, GUEST, &dir).unwrap();
+        let third = ModuleCache::new(&dir).compile(&engine, GUEST).unwrap();
         assert!(!third.offsets().is_identity());
         std::fs::write(dir.join(format!("{key}.cwasm")), b"garbage").unwrap();
-        let fourth = compile_guest_cached(&engine, GUEST, &dir).unwrap();
+        let fourth = ModuleCache::new(&dir).compile(&engine, GUEST).unwrap();
         assert_eq!(fourth.offsets().encode().unwrap(), encoded);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -393,7 +386,7 @@ mod tests {
             .collect();
         let cached = |n: usize| dir.join(format!("{}.cwasm", keys[n])).is_file();
         let unbounded = ModuleCache::new(&dir).max_size(u64::MAX);
-        unbounded.compile_guest(&engine, &module(0)).unwrap();
+        unbounded.compile(&engine, &module(0)).unwrap();
         let one = size_of_dir();
         assert!(one > 0);
         // Room for two entries, not three.
@@ -409,12 +402,12 @@ mod tests {
             }
         };
         age(0, 300);
-        cache.compile_guest(&engine, &module(1)).unwrap();
+        cache.compile(&engine, &module(1)).unwrap();
         age(1, 200);
         assert!(cached(0) && cached(1));
         // A hit on 0 makes it the most recently used: 1 goes first.
-        cache.compile_guest(&engine, &module(0)).unwrap();
-        cache.compile_guest(&engine, &module(2)).unwrap();
+        cache.compile(&engine, &module(0)).unwrap();
+        cache.compile(&engine, &module(2)).unwrap();
         assert!(cached(0) && cached(2), "the recently used are kept");
         assert!(!cached(1), "the least recently used is evicted");
         assert!(!dir.join(format!("{}.map", keys[1])).exists());
@@ -424,7 +417,7 @@ mod tests {
         // The entry just written is kept even when it alone is too large.
         ModuleCache::new(&dir)
             .max_size(1)
-            .compile_guest(&engine, &module(1))
+            .compile(&engine, &module(1))
             .unwrap();
         assert!(cached(1) && !cached(0) && !cached(2));
         assert!(dir.join("notes.map").is_file());
@@ -434,7 +427,7 @@ mod tests {
     #[test]
     fn damaged_maps_are_refused() {
         let engine = Engine::new(&crate::engine_config()).unwrap();
-        let guest = compile_guest(&engine, GUEST).unwrap();
+        let guest = compile(&engine, GUEST).unwrap();
         let encoded = guest.offsets().encode().unwrap();
         for cut in [0, 8, 9, 20, encoded.len() - 1] {
             assert!(OffsetMap::decode(&encoded[..cut]).is_none(), "cut at {cut}");

@@ -52,8 +52,8 @@ mod dwarf;
 mod offsets;
 mod unroll;
 
-pub use cache::{DEFAULT_CACHE_SIZE, ModuleCache, compile_guest_cached};
-pub use offsets::{GuestModule, OffsetMap};
+pub use cache::{DEFAULT_CACHE_SIZE, ModuleCache};
+pub use offsets::{CompiledModule, OffsetMap};
 
 use offsets::MapBuilder;
 use std::ops::Range;
@@ -485,22 +485,14 @@ fn plan(scan: &Scan) -> Result<Plan> {
     }
 }
 
-/// Compiles a module for use with [`WasiThreads`](crate::WasiThreads): adds
-/// the checks through which a stop reaches its running threads and routes
-/// its atomic waits through the host, so that the supervisor can stop every
-/// thread wherever it is. [`WasiThreads`](crate::WasiThreads) refuses a
-/// module compiled without it (with `Module::new`).
-///
-/// [`compile_guest`] also returns the map that turns the compiled module's
-/// code offsets back into the offsets of `bytes`.
-pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module> {
-    compile_guest(engine, bytes).map(|guest| guest.module().clone())
-}
-
-/// Like [`compile`], and keeps the map from the compiled module's code
-/// offsets to those of `bytes`, the module the user built: see
-/// [`GuestModule::format_backtrace`].
-pub fn compile_guest(engine: &Engine, bytes: &[u8]) -> Result<GuestModule> {
+/// Compiles a module for use with [`WasiThreads`](crate::WasiThreads) or
+/// [`Runner::run_module`](crate::Runner::run_module): adds the checks
+/// through which a stop reaches its running threads and routes its atomic
+/// waits through the host, so that the supervisor can stop every thread
+/// wherever it is, and keeps the map from the compiled code's offsets back
+/// to those of `bytes`, the module the user built, so that trap backtraces
+/// name the user's code (see [`CompiledModule::format_backtrace`]).
+pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<CompiledModule> {
     let binary = to_binary(bytes)?;
     // DWARF the engine will not read is neither remapped nor compiled.
     let binary = dwarf::without_unread_dwarf(engine, &binary);
@@ -509,11 +501,11 @@ pub fn compile_guest(engine: &Engine, bytes: &[u8]) -> Result<GuestModule> {
         Some((rewritten, map)) => {
             log::debug!("rewrote the module: stop checks added, atomic waits routed");
             let module = Module::new(engine, &rewritten)?;
-            Ok(GuestModule::new(module, Arc::new(map)))
+            Ok(CompiledModule::new(module, Arc::new(map)))
         }
         None => {
             let module = Module::new(engine, &binary)?;
-            Ok(GuestModule::new(module, Arc::new(OffsetMap::identity())))
+            Ok(CompiledModule::new(module, Arc::new(OffsetMap::identity())))
         }
     }
 }
@@ -581,7 +573,7 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
 pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
     // DWARF describes every instruction at one place, and a debugger or a
     // backtrace's file and line rely on it: a module that carries some (the
-    // engine reads it, see `compile_guest`) keeps its loops as they are.
+    // engine reads it, see `compile`) keeps its loops as they are.
     let unroll = !dwarf::carries_dwarf(binary);
     let scan = scan(binary, unroll).map_err(|e| e.context("invalid WebAssembly module"))?;
     let Plan::Rewrite {

@@ -377,17 +377,17 @@ impl MapBuilder {
     }
 }
 
-/// A module compiled by [`compile_guest`](super::compile_guest): the
+/// A module compiled by [`compile`](super::compile): the
 /// Wasmtime `Module` to run and the map back to the module the user built.
 #[derive(Clone)]
-pub struct GuestModule {
+pub struct CompiledModule {
     module: Module,
     map: Arc<OffsetMap>,
 }
 
-impl GuestModule {
+impl CompiledModule {
     pub(super) fn new(module: Module, map: Arc<OffsetMap>) -> Self {
-        GuestModule { module, map }
+        CompiledModule { module, map }
     }
 
     /// The module to instantiate.
@@ -409,9 +409,9 @@ impl GuestModule {
     }
 }
 
-impl std::fmt::Debug for GuestModule {
+impl std::fmt::Debug for CompiledModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestModule")
+        f.debug_struct("CompiledModule")
             .field("rewritten", &!self.map.is_identity())
             .finish_non_exhaustive()
     }
