@@ -19,7 +19,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use wasi_threads_host::{Outcome, Runner, compile};
-use wasmtime::{Engine, Module};
+use wasi_threads_host::CompiledModule;
+use wasmtime::Engine;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 const NAME: &str = "bench-wasi-calls";
@@ -81,7 +82,7 @@ fn setup() -> PathBuf {
 
 struct Runners {
     engine: Engine,
-    module: Module,
+    module: CompiledModule,
     wasm: PathBuf,
     dir: PathBuf,
     wasmtime: bool,

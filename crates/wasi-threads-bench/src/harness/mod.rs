@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use wasi_threads_host::{Outcome, Runner, compile};
-use wasmtime::{Engine, Module};
+use wasi_threads_host::CompiledModule;
+use wasmtime::Engine;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 pub fn root() -> PathBuf {
@@ -44,11 +45,11 @@ pub fn parse(out: &str) -> Results {
 
 pub struct Bench {
     pub engine: Engine,
-    pub modules: HashMap<String, Module>,
+    pub modules: HashMap<String, CompiledModule>,
 }
 
 impl Bench {
-    pub fn module(&mut self, name: &str) -> Module {
+    pub fn module(&mut self, name: &str) -> CompiledModule {
         if let Some(m) = self.modules.get(name) {
             return m.clone();
         }
