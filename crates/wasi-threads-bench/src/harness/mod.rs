@@ -12,8 +12,8 @@ pub mod peers;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use wasi_threads_host::{Outcome, Runner, compile};
 use wasi_threads_host::CompiledModule;
+use wasi_threads_host::{Outcome, Runner, compile};
 use wasmtime::Engine;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
