@@ -36,7 +36,7 @@ pub struct OffsetMap {
 
 impl OffsetMap {
     /// The map of a module the rewrite left as it was.
-    pub fn identity() -> Self {
+    pub(crate) fn identity() -> Self {
         OffsetMap {
             points: Vec::new(),
             copies: Vec::new(),
