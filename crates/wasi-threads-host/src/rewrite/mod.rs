@@ -50,6 +50,7 @@ mod cache;
 mod checks;
 mod dwarf;
 mod offsets;
+mod parallel;
 mod unroll;
 
 pub use cache::{DEFAULT_CACHE_SIZE, ModuleCache};
@@ -89,6 +90,20 @@ const HOST_FUNCS: [(&str, &[wasmparser::ValType], &[wasmparser::ValType]); 3] = 
     ]
 };
 const ROUTED_FUNCS: u32 = HOST_FUNCS.len() as u32;
+
+/// What the scan found in one function body.
+struct BodyScan {
+    info: checks::Body,
+    /// Whether it starts with a check (only looked for in modules that
+    /// import the stop flag).
+    entry_checked: Option<bool>,
+    /// Whether every loop starts with a check (likewise).
+    loops_checked: bool,
+    /// Whether it waits or notifies on the routed memory.
+    atomics_on_shared: bool,
+    /// The first other shared memory it waits on.
+    wait_elsewhere: Option<u32>,
+}
 
 /// What the scan of a module found.
 #[derive(Default)]
@@ -140,6 +155,7 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
         loops_checked: true,
         ..Scan::default()
     };
+    let mut bodies = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {
             Payload::TypeSection(reader) => {
@@ -194,73 +210,30 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
                 scan.code_count_len = reader.original_position() - range.start;
                 scan.code = range;
             }
-            Payload::CodeSectionEntry(body) => {
-                scan.bodies += 1;
-                let mut reader = body.get_operators_reader()?;
-                let mut ops = Vec::new();
-                while !reader.eof() {
-                    ops.push(reader.read()?);
-                }
-                let mut instrs = Vec::new();
-                // Where the checks already in place start, and how many
-                // instructions of the one under way are left.
-                let mut checks_at = Vec::new();
-                let mut in_check = 0;
-                // A module to rewrite is weighed as the rewrite will write
-                // it, with its small loops unrolled, so that the rewritten
-                // module, verified, asks for the checks it was given.
-                let unroll =
-                    unroll && scan.stop_flag.is_none() && unroll::function_fits(body.range().len());
-                let mut i = 0;
-                while let Some(op) = ops.get(i) {
-                    if let Some((_, end)) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten()
-                    {
-                        let body = ops[i + 1..end].iter().map(|op| checks::Instr {
-                            op: scan.classify(op),
-                            counts: !scan.is_host_call(op),
-                        });
-                        instrs.extend(unroll::as_written(body));
-                        i = end + 1;
-                        continue;
-                    }
-                    if let (Some(flag), 0, Operator::I32Const { value: 0 }) =
-                        (scan.stop_flag, in_check, op)
-                        && is_check(&ops[i..], flag)
-                    {
-                        checks_at.push(instrs.len());
-                        in_check = CHECK_LEN;
-                    }
-                    instrs.push(checks::Instr {
-                        op: scan.classify(op),
-                        counts: in_check == 0 && !scan.is_host_call(op),
-                    });
-                    in_check = in_check.saturating_sub(1);
-                    i += 1;
-                }
-                for op in &ops {
-                    let Some(memory) = wait_or_notify_memory(op) else {
-                        continue;
-                    };
-                    if Some(memory) == scan.shared_memory {
-                        scan.atomics_on_shared = true;
-                    } else if is_wait(op)
-                        && scan.memories.get(memory as usize).is_some_and(|m| m.shared)
-                        && scan.wait_elsewhere.is_none()
-                    {
-                        scan.wait_elsewhere = Some(memory);
-                    }
-                }
-                if scan.stop_flag.is_some() {
-                    let at = |i: usize| checks_at.binary_search(&i).is_ok();
-                    scan.entry_checked.push(at(0));
-                    scan.loops_checked &= instrs.iter().enumerate().all(|(i, instr)| {
-                        instr.op != checks::Op::Open { is_loop: true } || at(i + 1)
-                    });
-                }
-                scan.bodies_info.push(checks::body(&instrs));
-            }
+            Payload::CodeSectionEntry(body) => bodies.push(body),
             _ => {}
         }
+    }
+    // Every section the bodies are weighed against (types, imports,
+    // memories) comes before the code section: the bodies are scanned
+    // independently, on every core for a large module.
+    let scanned = parallel::map(
+        &bodies,
+        |body| body.range().len(),
+        |_, body| scan.body(body, unroll),
+    );
+    for body in scanned {
+        let body = body?;
+        scan.bodies += 1;
+        scan.atomics_on_shared |= body.atomics_on_shared;
+        if scan.wait_elsewhere.is_none() {
+            scan.wait_elsewhere = body.wait_elsewhere;
+        }
+        if let Some(entry_checked) = body.entry_checked {
+            scan.entry_checked.push(entry_checked);
+        }
+        scan.loops_checked &= body.loops_checked;
+        scan.bodies_info.push(body.info);
     }
     scan.entry = checks::Placement::new(&scan.bodies_info, &[]).entry;
     if scan.stop_flag.is_some() {
@@ -271,6 +244,80 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
 }
 
 impl Scan {
+    /// What one function body tells: how it weighs for the placement of
+    /// entry checks, the checks it has (in a module that imports the stop
+    /// flag) and its waits and notifies.
+    fn body(&self, body: &wasmparser::FunctionBody<'_>, unroll: bool) -> Result<BodyScan> {
+        let mut reader = body.get_operators_reader()?;
+        let mut ops = Vec::new();
+        while !reader.eof() {
+            ops.push(reader.read()?);
+        }
+        let mut instrs = Vec::new();
+        // Where the checks already in place start, and how many
+        // instructions of the one under way are left.
+        let mut checks_at = Vec::new();
+        let mut in_check = 0;
+        // A module to rewrite is weighed as the rewrite will write it, with
+        // its small loops unrolled, so that the rewritten module, verified,
+        // asks for the checks it was given.
+        let unroll =
+            unroll && self.stop_flag.is_none() && unroll::function_fits(body.range().len());
+        let mut i = 0;
+        while let Some(op) = ops.get(i) {
+            if let Some((_, end)) = unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
+                let body = ops[i + 1..end].iter().map(|op| checks::Instr {
+                    op: self.classify(op),
+                    counts: !self.is_host_call(op),
+                });
+                instrs.extend(unroll::as_written(body));
+                i = end + 1;
+                continue;
+            }
+            if let (Some(flag), 0, Operator::I32Const { value: 0 }) = (self.stop_flag, in_check, op)
+                && is_check(&ops[i..], flag)
+            {
+                checks_at.push(instrs.len());
+                in_check = CHECK_LEN;
+            }
+            instrs.push(checks::Instr {
+                op: self.classify(op),
+                counts: in_check == 0 && !self.is_host_call(op),
+            });
+            in_check = in_check.saturating_sub(1);
+            i += 1;
+        }
+        let mut scanned = BodyScan {
+            info: checks::body(&instrs),
+            entry_checked: None,
+            loops_checked: true,
+            atomics_on_shared: false,
+            wait_elsewhere: None,
+        };
+        for op in &ops {
+            let Some(memory) = wait_or_notify_memory(op) else {
+                continue;
+            };
+            if Some(memory) == self.shared_memory {
+                scanned.atomics_on_shared = true;
+            } else if is_wait(op)
+                && self.memories.get(memory as usize).is_some_and(|m| m.shared)
+                && scanned.wait_elsewhere.is_none()
+            {
+                scanned.wait_elsewhere = Some(memory);
+            }
+        }
+        if self.stop_flag.is_some() {
+            let at = |i: usize| checks_at.binary_search(&i).is_ok();
+            scanned.entry_checked = Some(at(0));
+            scanned.loops_checked = instrs
+                .iter()
+                .enumerate()
+                .all(|(i, instr)| instr.op != checks::Op::Open { is_loop: true } || at(i + 1));
+        }
+        Ok(scanned)
+    }
+
     fn note_host_import(&mut self, name: &str, ty: TypeRef) {
         let func_index = self.imported_funcs;
         let memory_index = self.memories.len() as u32;
@@ -585,19 +632,20 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
     };
     let routed_funcs = if route { ROUTED_FUNCS } else { 0 };
     let mut rewriter = Rewriter {
-        unroll,
-        memory: scan.shared_memory,
-        route,
+        code: BodyWriter {
+            unroll,
+            memory: scan.shared_memory,
+            route,
+            imported_funcs: scan.imported_funcs,
+            imported_memories: scan.imported_memories,
+            added_funcs: routed_funcs,
+        },
         export_memory,
         exported: false,
         types_added: false,
         imports_added: false,
-        imported_funcs: scan.imported_funcs,
-        imported_memories: scan.imported_memories,
-        added_funcs: routed_funcs,
         first_added_type: scan.types,
         entry: scan.entry,
-        next_body: 0,
         map: MapBuilder::new(scan.code.clone(), scan.code_count_len, scan.bodies),
         debug_sections: Vec::new(),
     };
@@ -608,9 +656,11 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
     let map = if scan.bodies == 0 {
         OffsetMap::identity()
     } else {
-        rewriter
-            .map
-            .finish(module.as_slice(), scan.imported_funcs, rewriter.added_funcs)?
+        rewriter.map.finish(
+            module.as_slice(),
+            scan.imported_funcs,
+            rewriter.code.added_funcs,
+        )?
     };
     if !rewriter.debug_sections.is_empty() {
         match dwarf::remap(binary, &rewriter.debug_sections, &map) {
@@ -629,46 +679,44 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
 }
 
 struct Rewriter {
-    /// Whether small inner loops are unrolled ([`unroll`]).
-    unroll: bool,
-    /// The routed (imported, 32-bit, shared) memory, if there is one.
-    memory: Option<u32>,
-    route: bool,
+    /// How function bodies are written (and indices renumbered).
+    code: BodyWriter,
     export_memory: bool,
     exported: bool,
     types_added: bool,
     imports_added: bool,
-    imported_funcs: u32,
-    imported_memories: u32,
-    /// The functions the rewrite imports after the module's own function
-    /// imports: the routed waits and notify, if any.
-    added_funcs: u32,
     /// The first of the types added at the end of the type section.
     first_added_type: u32,
-    /// [`Scan::entry`], and the index of the next body in it.
+    /// [`Scan::entry`]: which bodies get an entry check.
     entry: Vec<bool>,
-    next_body: usize,
     map: MapBuilder,
     /// The original `.debug_*` sections, re-emitted remapped at the end.
     debug_sections: Vec<(String, Range<usize>)>,
 }
 
-impl Rewriter {
-    fn host_func(&self, op: &Operator<'_>) -> Option<(u32, u64)> {
-        if !self.route {
-            return None;
-        }
-        let (which, memarg) = match op {
-            Operator::MemoryAtomicWait32 { memarg } => (0, memarg),
-            Operator::MemoryAtomicWait64 { memarg } => (1, memarg),
-            Operator::MemoryAtomicNotify { memarg } => (2, memarg),
-            _ => return None,
-        };
-        (Some(memarg.memory) == self.memory).then_some((self.imported_funcs + which, memarg.offset))
-    }
+/// Writes function bodies: one per thread for a large module (see
+/// [`parallel`]), each body independent of the others.
+#[derive(Clone)]
+struct BodyWriter {
+    /// Whether small inner loops are unrolled ([`unroll`]).
+    unroll: bool,
+    /// The routed (imported, 32-bit, shared) memory, if there is one.
+    memory: Option<u32>,
+    route: bool,
+    imported_funcs: u32,
+    imported_memories: u32,
+    /// The functions the rewrite imports after the module's own function
+    /// imports: the routed waits and notify, if any.
+    added_funcs: u32,
+}
 
+impl Rewriter {
     fn memory_export(&mut self, exports: &mut wasm_encoder::ExportSection) {
-        if let Some(memory) = self.memory.filter(|_| self.export_memory && !self.exported) {
+        if let Some(memory) = self
+            .code
+            .memory
+            .filter(|_| self.export_memory && !self.exported)
+        {
             exports.export(MEMORY_EXPORT, wasm_encoder::ExportKind::Memory, memory);
         }
         self.exported = true;
@@ -676,7 +724,7 @@ impl Rewriter {
 
     /// The types of the added imports, at the end of the type section.
     fn add_types(&mut self, types: &mut wasm_encoder::TypeSection) {
-        if self.route {
+        if self.code.route {
             for (_, params, results) in HOST_FUNCS {
                 let convert = |t: &wasmparser::ValType| match t {
                     wasmparser::ValType::I64 => wasm_encoder::ValType::I64,
@@ -696,7 +744,7 @@ impl Rewriter {
     /// then the number of memories the module imports.
     fn add_imports(&mut self, imports: &mut wasm_encoder::ImportSection) {
         let mut ty = self.first_added_type;
-        if self.route {
+        if self.code.route {
             for (name, _, _) in HOST_FUNCS {
                 imports.import(HOST_MODULE, name, wasm_encoder::EntityType::Function(ty));
                 ty += 1;
@@ -715,6 +763,78 @@ impl Rewriter {
             },
         );
         self.imports_added = true;
+    }
+}
+
+impl BodyWriter {
+    /// The body rewritten, and where its instructions went.
+    fn function(
+        &mut self,
+        body: &wasmparser::FunctionBody<'_>,
+        entry: bool,
+    ) -> Result<
+        (wasm_encoder::Function, offsets::FunctionMoves),
+        reencode::Error<std::convert::Infallible>,
+    > {
+        let mut func = self.new_function_with_parsed_locals(body)?;
+        let mut reader = body.get_operators_reader()?;
+        let (mut ops, mut at) = (Vec::new(), Vec::new());
+        while !reader.eof() {
+            at.push(reader.original_position());
+            ops.push(reader.read()?);
+        }
+        let mut moves = offsets::FunctionMoves::default();
+        if entry {
+            // Reported at the function's start (its locals), so that the
+            // first instruction still maps to itself and back.
+            self.stop_check(&mut func, &mut moves, body.range().start);
+        }
+        let unroll = self.unroll && unroll::function_fits(body.range().len());
+        let mut i = 0;
+        while let Some(op) = ops.get(i) {
+            let old = at[i];
+            match unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
+                Some((blockty, end)) => {
+                    let body = i + 1..end;
+                    let (start, end_at) = (at[i], at[end]);
+                    let (body_ops, body_at) = (&ops[body.clone()], &at[body]);
+                    self.unrolled_loop(
+                        &mut func,
+                        &mut moves,
+                        blockty,
+                        body_ops,
+                        body_at,
+                        start..end_at,
+                    )?;
+                    i = end + 1;
+                    continue;
+                }
+                None if matches!(op, Operator::Loop { .. }) => {
+                    // Exact: the check after it maps to the same offset, and
+                    // the loop must be what that offset maps back to.
+                    moves.exact(func.byte_len(), old);
+                    func.instruction(&self.instruction(op.clone())?);
+                    self.stop_check(&mut func, &mut moves, old);
+                }
+                None => self.emit(&mut func, Some(&mut moves), old, op.clone())?,
+            }
+            i += 1;
+        }
+        moves.end(func.byte_len(), reader.original_position());
+        Ok((func, moves))
+    }
+
+    fn host_func(&self, op: &Operator<'_>) -> Option<(u32, u64)> {
+        if !self.route {
+            return None;
+        }
+        let (which, memarg) = match op {
+            Operator::MemoryAtomicWait32 { memarg } => (0, memarg),
+            Operator::MemoryAtomicWait64 { memarg } => (1, memarg),
+            Operator::MemoryAtomicNotify { memarg } => (2, memarg),
+            _ => return None,
+        };
+        (Some(memarg.memory) == self.memory).then_some((self.imported_funcs + which, memarg.offset))
     }
 
     /// Emits `op` as the rewrite writes it (a wait or notify on the shared
@@ -889,7 +1009,7 @@ fn section_rank(id: SectionId) -> u8 {
     }
 }
 
-impl Reencode for Rewriter {
+impl Reencode for BodyWriter {
     type Error = std::convert::Infallible;
 
     fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error<Self::Error>> {
@@ -906,6 +1026,18 @@ impl Reencode for Rewriter {
         } else {
             memory
         })
+    }
+}
+
+impl Reencode for Rewriter {
+    type Error = std::convert::Infallible;
+
+    fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error<Self::Error>> {
+        self.code.function_index(func)
+    }
+
+    fn memory_index(&mut self, memory: u32) -> Result<u32, reencode::Error<Self::Error>> {
+        self.code.memory_index(memory)
     }
 
     fn parse_type_section(
@@ -971,60 +1103,28 @@ impl Reencode for Rewriter {
         Ok(())
     }
 
-    fn parse_function_body(
+    fn parse_code_section(
         &mut self,
         code: &mut wasm_encoder::CodeSection,
-        body: wasmparser::FunctionBody<'_>,
+        section: wasmparser::CodeSectionReader<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
-        let mut func = self.new_function_with_parsed_locals(&body)?;
-        let mut reader = body.get_operators_reader()?;
-        let (mut ops, mut at) = (Vec::new(), Vec::new());
-        while !reader.eof() {
-            at.push(reader.original_position());
-            ops.push(reader.read()?);
+        let bodies = section
+            .into_iter()
+            .collect::<wasmparser::Result<Vec<_>>>()?;
+        let (writer, entry) = (&self.code, &self.entry);
+        let written = parallel::map(
+            &bodies,
+            |body| body.range().len(),
+            |i, body| {
+                let entry = entry.get(i).copied().unwrap_or(true);
+                writer.clone().function(body, entry)
+            },
+        );
+        for (body, written) in bodies.iter().zip(written) {
+            let (func, moves) = written?;
+            self.map.function(code.byte_len(), body, moves);
+            code.function(&func);
         }
-        let mut moves = self.map.begin_function(code.byte_len(), &body);
-        let entry = self.entry.get(self.next_body).copied().unwrap_or(true);
-        self.next_body += 1;
-        if entry {
-            // Reported at the function's start (its locals), so that the
-            // first instruction still maps to itself and back.
-            self.stop_check(&mut func, &mut moves, body.range().start);
-        }
-        let unroll = self.unroll && unroll::function_fits(body.range().len());
-        let mut i = 0;
-        while let Some(op) = ops.get(i) {
-            let old = at[i];
-            match unroll.then(|| unroll::unrolled_end(&ops, i)).flatten() {
-                Some((blockty, end)) => {
-                    let body = i + 1..end;
-                    let (start, end_at) = (at[i], at[end]);
-                    let (body_ops, body_at) = (&ops[body.clone()], &at[body]);
-                    self.unrolled_loop(
-                        &mut func,
-                        &mut moves,
-                        blockty,
-                        body_ops,
-                        body_at,
-                        start..end_at,
-                    )?;
-                    i = end + 1;
-                    continue;
-                }
-                None if matches!(op, Operator::Loop { .. }) => {
-                    // Exact: the check after it maps to the same offset, and
-                    // the loop must be what that offset maps back to.
-                    moves.exact(func.byte_len(), old);
-                    func.instruction(&self.instruction(op.clone())?);
-                    self.stop_check(&mut func, &mut moves, old);
-                }
-                None => self.emit(&mut func, Some(&mut moves), old, op.clone())?,
-            }
-            i += 1;
-        }
-        moves.end(func.byte_len(), reader.original_position());
-        self.map.end_function(moves);
-        code.function(&func);
         Ok(())
     }
 
@@ -1289,6 +1389,57 @@ mod tests {
         let err = rewrite(forged.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("does not check the stop flag"), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn bodies_rewritten_on_several_threads_are_the_same_bytes_and_map() {
+        // Many bodies of every kind the rewrite treats differently: small
+        // loops it unrolls, nested ones it does not, waits it routes,
+        // recursion and calls through a table that need entry checks.
+        let mut wat = String::from(
+            r#"(module
+              (import "env" "memory" (memory 1 1 shared))
+              (table 64 funcref)
+              (type $t (func (param i32) (result i32)))"#,
+        );
+        for i in 0..64 {
+            wat.push_str(&format!(
+                r#"
+              (func $f{i} (param $n i32) (result i32) (local $s i32)
+                (loop $small
+                  (local.set $s (i32.add (local.get $s) (i32.const {i})))
+                  (br_if $small (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+                (loop $outer
+                  (loop $inner (br_if $inner (i32.eqz (local.get $s))))
+                  (br_if $outer (i32.lt_u (local.get $s) (i32.const 0))))
+                (drop (memory.atomic.wait32 offset={i} (i32.const 0) (i32.const 1) (i64.const 0)))
+                (drop (memory.atomic.notify (i32.const 0) (i32.const 1)))
+                (if (local.get $n) (then (drop (call $f{i} (i32.const 0)))))
+                (call_indirect (type $t) (local.get $s) (i32.const {i})))
+              (elem (i32.const {i}) $f{i})"#
+            ));
+        }
+        wat.push(')');
+        let binary = wat::parse_str(&wat).unwrap();
+        let rewritten = |threads| {
+            parallel::FORCE_THREADS.set(Some(threads));
+            let (bytes, map) = rewrite_with_map(&binary).unwrap().unwrap();
+            let again = rewrite_with_map(&bytes).unwrap();
+            parallel::FORCE_THREADS.set(None);
+            assert!(
+                again.is_none(),
+                "on {threads} threads, rewriting twice changed the module"
+            );
+            (bytes, map.encode().unwrap())
+        };
+        let one = rewritten(1);
+        validate(&one.0);
+        for threads in [2, 3, 8] {
+            assert!(
+                rewritten(threads) == one,
+                "{threads} threads wrote another module or map"
+            );
+        }
     }
 
     #[test]

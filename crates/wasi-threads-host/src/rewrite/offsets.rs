@@ -234,11 +234,10 @@ pub(super) struct MapBuilder {
 }
 
 /// The instructions of one function, relative to its body start in the
-/// rewritten module (which is known only once the body is complete).
+/// rewritten module (which is known only once the body is complete, and
+/// placed: see [`MapBuilder::function`]).
+#[derive(Default)]
 pub(super) struct FunctionMoves {
-    new_entry: usize,
-    original_entry: usize,
-    original_body: usize,
     points: Vec<(usize, usize, bool)>,
     copies: Vec<(Range<usize>, usize)>,
 }
@@ -301,9 +300,10 @@ impl MapBuilder {
         }
     }
 
-    /// Starts a function whose entry begins at `code_len` bytes into the new
-    /// code section's contents.
-    pub fn begin_function(&mut self, code_len: usize, body: &FunctionBody<'_>) -> FunctionMoves {
+    /// Records the function whose original body is `body`, rewritten with
+    /// `moves`, as the next one of the new code section, its entry starting
+    /// at `code_len` bytes into the section's contents.
+    pub fn function(&mut self, code_len: usize, body: &FunctionBody<'_>, moves: FunctionMoves) {
         let original_body = body.range().start;
         // The first entry follows the function count, whatever its (possibly
         // padded) length; every other one follows the previous body.
@@ -311,21 +311,11 @@ impl MapBuilder {
             .next_original_entry
             .unwrap_or(self.original_code.start + self.original_count_len);
         self.next_original_entry = Some(body.range().end);
-        FunctionMoves {
-            new_entry: self.count_len + code_len,
-            original_entry,
-            original_body,
-            points: Vec::new(),
-            copies: Vec::new(),
-        }
-    }
-
-    /// Records a finished function whose new body is `new_len` bytes long.
-    pub fn end_function(&mut self, moves: FunctionMoves) {
+        let new_entry = self.count_len + code_len;
         let new_len = moves.points.last().map_or(0, |p| p.0);
-        let new_body = moves.new_entry + leb_len(new_len);
-        self.point(moves.new_entry, moves.original_entry, true);
-        self.point(new_body, moves.original_body, true);
+        let new_body = new_entry + leb_len(new_len);
+        self.point(new_entry, original_entry, true);
+        self.point(new_body, original_body, true);
         for (new, original, exact) in moves.points {
             self.point(new_body + new, original, exact);
         }
