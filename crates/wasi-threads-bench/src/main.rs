@@ -14,7 +14,9 @@
 //!
 //! `ripgrep [OPTIONS]` runs a real program instead: ripgrep over a generated
 //! tree of 10 000 files, and its start-up, natively, with the CLI and with
-//! `wasmtime run` 36 (see [`ripgrep`]; `just rg-bench`).
+//! `wasmtime run` 36 (see [`ripgrep`]; `just rg-bench`). `cold [OPTIONS]
+//! [MODULE [ARGS...]]` times first runs with empty caches beside wasmtime
+//! 36 and the floor (see [`cold`]).
 //!
 //! `--quick` shrinks every workload; `--reps N` sets the repetitions
 //! (default 3; figures are medians); `--idle` / `--hogs` measure only on an
@@ -27,7 +29,8 @@
 //! What each file measures: [`lifecycle`] (threads against native: spawn,
 //! bursts, a CPU kernel, idle memory, stop latency), [`workloads`] (the
 //! groups beside wasmtime 36 and the CLI), [`floor`] (the plain engine, the
-//! lowest cost of running the wasm here), [`ripgrep`] (a real program); the
+//! lowest cost of running the wasm here), [`ripgrep`] (a real program),
+//! [`cold`] (first runs with empty caches); the
 //! `wasi-calls` and `startup` binaries (`src/bin/`) time single WASI calls
 //! and one module's start-up. [`harness`] is what they share: peers,
 //! interleaving, medians, tables, CPU hogs.
@@ -36,6 +39,7 @@
 const USAGE: &str = "\
 usage: wasi-threads-bench [--quick] [--reps N] [--idle|--hogs] [NAME...]
        wasi-threads-bench ripgrep [OPTIONS]   (ripgrep on a generated tree; ripgrep --help)
+       wasi-threads-bench cold [OPTIONS] [MODULE [ARGS...]]   (first runs, empty caches)
 
 NAME (all when none is given):
   against native:            spawn burst cpu idle stop
@@ -48,6 +52,7 @@ const NAMES: [&str; 10] = [
     "spawn", "burst", "cpu", "idle", "stop", "pingpong", "pipeline", "lines", "fdwrite", "compute",
 ];
 
+mod cold;
 mod floor;
 mod harness;
 mod lifecycle;
@@ -80,6 +85,10 @@ fn main() -> std::process::ExitCode {
     if args.first().map(String::as_str) == Some("ripgrep") {
         args.remove(0);
         return ripgrep::main(args);
+    }
+    if args.first().map(String::as_str) == Some("cold") {
+        args.remove(0);
+        return cold::main(args);
     }
     let mut options = Options {
         quick: false,

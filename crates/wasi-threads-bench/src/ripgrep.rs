@@ -120,7 +120,7 @@ fn parse_options(args: Vec<String>) -> Result<Options, String> {
 
 /// `cargo install`s ripgrep into `target/rg-bench/<what>` unless it is
 /// there already; returns the binary.
-fn install_rg(what: &str, wasm: bool) -> PathBuf {
+pub(crate) fn install_rg(what: &str, wasm: bool) -> PathBuf {
     let dir = root().join("target/rg-bench").join(what);
     let bin = dir.join("bin").join(if wasm { "rg.wasm" } else { "rg" });
     if bin.exists() {
@@ -148,7 +148,7 @@ fn install_rg(what: &str, wasm: bool) -> PathBuf {
 }
 
 /// `WASMTIME`, else `wasmtime` on PATH, if it runs.
-fn find_wasmtime() -> Option<PathBuf> {
+pub(crate) fn find_wasmtime() -> Option<PathBuf> {
     let w = std::env::var_os("WASMTIME").map_or_else(|| PathBuf::from("wasmtime"), PathBuf::from);
     Command::new(&w)
         .arg("--version")
@@ -157,7 +157,7 @@ fn find_wasmtime() -> Option<PathBuf> {
         .then_some(w)
 }
 
-fn version(program: &Path) -> String {
+pub(crate) fn version(program: &Path) -> String {
     Command::new(program)
         .arg("--version")
         .output()
@@ -417,7 +417,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())

@@ -29,6 +29,30 @@ impl Row {
         (!have.is_empty()).then(|| median(have))
     }
 
+    /// The `p`-th percentile (nearest rank) of `runner`'s samples.
+    pub fn percentile(&self, runner: Runner, p: f64) -> Option<u64> {
+        let mut have: Vec<u64> = self.samples(runner)?.iter().flatten().copied().collect();
+        have.sort_unstable();
+        nearest_rank(&have, p).copied()
+    }
+
+    /// The repetitions' own ratios of `a` over `b`, sorted.
+    pub fn ratios(&self, a: Runner, b: Runner) -> Vec<f64> {
+        let (Some(a), Some(b)) = (self.samples(a), self.samples(b)) else {
+            return Vec::new();
+        };
+        let mut ratios: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter_map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) if *a > 0 && *b > 0 => Some(*a as f64 / *b as f64),
+                _ => None,
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios
+    }
+
     /// `a` over `b`: the median, over the repetitions in which both ran, of
     /// the ratio of their two samples. Each repetition runs every runner
     /// once, back to back, so a ratio within one repetition is taken under
@@ -134,6 +158,53 @@ const RATIOS: [(Runner, Runner); 5] = [
     (Runner::Cli, Runner::Floor),
 ];
 
+/// The `p`-th percentile (0 < p <= 1) of sorted `v`, by nearest rank.
+fn nearest_rank<T>(v: &[T], p: f64) -> Option<&T> {
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1));
+    v.get(rank - 1)
+}
+
+/// With 10 repetitions or more, each row's distribution: every runner's
+/// 10th, 50th and 90th percentile, and the same of the repetitions' own
+/// ratios against wasmtime 36 (a median alone hides how often a run is
+/// slow).
+pub fn print_distribution(rows: &[Row]) {
+    for r in rows {
+        let reps = r.samples.first().map_or(0, |(_, s)| s.len());
+        if reps < 10 {
+            continue;
+        }
+        let mut line = format!("  {} ({reps} reps), ms p10/p50/p90:", r.label);
+        for (runner, _) in &r.samples {
+            let at = |p| {
+                r.percentile(*runner, p)
+                    .map_or("-".to_string(), |v| format!("{:.0}", v as f64 / 1e6))
+            };
+            line.push_str(&format!(
+                " {} {}/{}/{};",
+                runner.label(),
+                at(0.1),
+                at(0.5),
+                at(0.9)
+            ));
+        }
+        for a in [Runner::Lib, Runner::Cli, Runner::Native] {
+            let ratios = r.ratios(a, Runner::Wasmtime36);
+            if let (Some(p10), Some(p50), Some(p90)) = (
+                nearest_rank(&ratios, 0.1),
+                nearest_rank(&ratios, 0.5),
+                nearest_rank(&ratios, 0.9),
+            ) {
+                line.push_str(&format!(
+                    " {}/wt36 p10/p50/p90 {p10:.2}/{p50:.2}/{p90:.2};",
+                    a.label()
+                ));
+            }
+        }
+        println!("{}", line.trim_end_matches(';'));
+    }
+}
+
 pub fn print(rows: &[Row]) {
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1e6));
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
@@ -188,7 +259,9 @@ pub fn idle_and_loaded(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if loads.idle {
         header(&format!("{title} — idle"));
-        print(&measure(b, tools, work, reps));
+        let rows = measure(b, tools, work, reps);
+        print(&rows);
+        print_distribution(&rows);
     }
     if loads.hogs {
         header(&format!(
@@ -198,6 +271,7 @@ pub fn idle_and_loaded(
         let rows = measure(b, tools, work, reps);
         drop(hogs);
         print(&rows);
+        print_distribution(&rows);
     }
 }
 
