@@ -8,107 +8,64 @@
 //! for none) ran out. A misaligned or out-of-bounds address traps, as the
 //! native instructions do.
 //!
-//! # Why `parking_lot_core`
+//! # The parking table
 //!
-//! Waiters park in `parking_lot_core`'s address-keyed table: one small lock
-//! per hash bucket, taken only to compare-and-enqueue or to dequeue, and a
-//! woken thread returns without taking any lock again. An earlier version
-//! used one `Mutex<HashMap>` per program that every wait and notify of every
-//! thread took, and that a woken waiter re-took through its condvar: with
-//! more runnable threads than cores, a preempted lock holder stalled every
-//! other thread of the program.
+//! Each program has one table of parked threads, keyed by the cell's host
+//! address, under one lock, taken to compare-and-enqueue, to dequeue, and
+//! by a waiter that times out; a waiter sleeps in `std::thread::park` and is
+//! woken by `Thread::unpark` with its state set under the lock. This is
+//! Wasmtime's own `parking_spot` design (one table per shared memory), plus
+//! a stop: [`ParkingLot::wake_all`] marks every queued waiter stopped and
+//! wakes it, and no waiter enqueues after it.
 //!
-//! The table is process-global and keyed by `usize`, so the key is the real
-//! host address of the wasm cell (memory base + effective address). Shared
-//! memories never move and two live memories never overlap, so different
-//! programs never share a key, and no other user of `parking_lot_core` keys
-//! on addresses inside a wasm linear memory.
-//!
-//! # Stopping
-//!
-//! The supervisor must wake every parked thread of *this* program, which the
-//! global table cannot enumerate. Each waiter therefore records its key in a
-//! per-program sharded registry before it parks and removes it afterwards
-//! ([`Registry`]); [`ParkingLot::wake_all`] unparks every recorded key. The
-//! registry is touched only by waiters (never by notifies) and is sharded by
-//! key, so unrelated addresses never share a lock.
+//! An earlier version parked in `parking_lot_core`'s global address table
+//! (its waker woke with no lock held) with a per-program registry of keys
+//! for the stop. With more runnable threads than cores it was slower: the
+//! `std::sync::mpsc` pipeline under two CPU hogs on two cores took 1.5x
+//! Wasmtime 36's time at the median (4.6 s vs 3.1 s over 9 interleaved
+//! rounds; 1.06x with Wasmtime's own `atomic_wait32`/`atomic_notify` in its
+//! place, so the difference was the parking), with twice the context
+//! switches: `perf record -e sched:sched_switch` showed the waker preempted
+//! on return from its futex wake by the thread it woke. Waking with the
+//! table's lock held, as here, brings it to parity (0.9-1.05x) and is what
+//! matters: the same table waking after the lock is released was as slow as
+//! the old one, and 16 tables by address instead of one were in between. The
+//! price is a wait/notify round trip between two threads on idle cores,
+//! about twice as long as before (still half Wasmtime 36's).
 
 use super::stop::{StopSignal, Stopped};
 use crate::rewrite::{HOST_MODULE, NOTIFY, WAIT32, WAIT64};
-use parking_lot::Mutex;
-use parking_lot_core::{DEFAULT_PARK_TOKEN, FilterOp, ParkResult, UnparkToken};
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 use wasmtime::{Linker, Result, SharedMemory, Trap};
-
-/// The token a notify hands to the threads it wakes.
-const NOTIFIED: UnparkToken = UnparkToken(1);
-/// The token [`ParkingLot::wake_all`] hands to every thread it wakes.
-const STOPPING: UnparkToken = UnparkToken(2);
 
 /// Threads parked on addresses of one program's shared memory.
 pub(crate) struct ParkingLot {
     stop: StopSignal,
-    registry: Registry,
+    table: Mutex<Table>,
 }
 
-/// The keys this program's threads are parked on, with how many threads
-/// each, sharded by key.
-struct Registry {
-    shards: [Shard; SHARDS],
-}
-
-const SHARDS: usize = 16;
-
-/// One cache line per shard, so that waiters on different shards do not
-/// bounce a line between cores.
-#[repr(align(64))]
 #[derive(Default)]
-struct Shard {
-    keys: Mutex<HashMap<usize, u32>>,
+struct Table {
+    /// The threads parked on each cell, oldest first.
+    queues: HashMap<usize, VecDeque<Arc<Waiter>>>,
+    /// Set by [`ParkingLot::wake_all`]: nobody parks any more.
+    stopped: bool,
 }
 
-impl Registry {
-    fn new() -> Self {
-        Registry {
-            shards: std::array::from_fn(|_| Shard::default()),
-        }
-    }
-
-    fn shard(&self, key: usize) -> &Shard {
-        // Cells are at least 4-byte aligned; neighbouring cells go to
-        // different shards.
-        &self.shards[(key >> 2) % SHARDS]
-    }
-
-    /// Records one more thread about to park on `key`, until the guard drops.
-    fn enter(&self, key: usize) -> Registered<'_> {
-        *self.shard(key).keys.lock().entry(key).or_insert(0) += 1;
-        Registered {
-            registry: self,
-            key,
-        }
-    }
+/// One parked thread. `state` is written under the table's lock, before
+/// the thread is unparked; the thread reads it when it wakes.
+struct Waiter {
+    thread: Thread,
+    state: AtomicU8,
 }
 
-struct Registered<'a> {
-    registry: &'a Registry,
-    key: usize,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        let mut keys = self.registry.shard(self.key).keys.lock();
-        if let Some(n) = keys.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                keys.remove(&self.key);
-            }
-        }
-    }
-}
+const WAITING: u8 = 0;
+const NOTIFIED: u8 = 1;
+const STOPPING: u8 = 2;
 
 #[derive(Clone, Copy)]
 enum Expected {
@@ -186,7 +143,7 @@ impl ParkingLot {
     pub(crate) fn new(stop: StopSignal) -> Self {
         ParkingLot {
             stop,
-            registry: Registry::new(),
+            table: Mutex::default(),
         }
     }
 
@@ -197,6 +154,12 @@ impl ParkingLot {
             lot: self.clone(),
             memory: memory.clone(),
         }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // Nothing panics while holding it; a poisoned table is still
+        // consistent (every update is one push or pop).
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn wait(&self, cell: Cell, expected: Expected, timeout_ns: i64) -> Result<i32> {
@@ -210,90 +173,112 @@ impl ParkingLot {
         let deadline = u64::try_from(timeout_ns)
             .ok()
             .and_then(|ns| Instant::now().checked_add(Duration::from_nanos(ns)));
-        // Recorded before parking: `wake_all` either sees the key (and its
-        // unpark, under the bucket lock, comes after our enqueue or makes
-        // `validate` below see the stop) or ran before we recorded it, after
-        // the signal was set, so `validate` sees the stop.
-        let _registered = self.registry.enter(cell.key);
-        let mut stopped = false;
-        // SAFETY: the key is the address of a cell of this program's wasm
-        // memory, which nothing but this module parks on; `validate` runs
-        // under the bucket lock and only does atomic loads (no panic, no
-        // call into parking_lot); the other callbacks do nothing.
-        let result = unsafe {
-            parking_lot_core::park(
-                cell.key,
-                || {
-                    stopped = self.stop.is_stopped();
-                    !stopped && holds(cell, expected)
-                },
-                || {},
-                |_, _| {},
-                DEFAULT_PARK_TOKEN,
-                deadline,
-            )
-        };
-        match result {
-            ParkResult::Unparked(STOPPING) => Err(Stopped.into()),
-            ParkResult::Unparked(_) => Ok(0),
-            ParkResult::Invalid if stopped => Err(Stopped.into()),
-            ParkResult::Invalid => Ok(1),
-            ParkResult::TimedOut => Ok(2),
+        let waiter = Arc::new(Waiter {
+            thread: std::thread::current(),
+            state: AtomicU8::new(WAITING),
+        });
+        {
+            // The compare and the enqueue are one step under the lock that
+            // every notify of this memory takes: a notify after the store
+            // that changed the value finds this waiter queued, or the
+            // compare sees the new value.
+            let mut table = self.table();
+            if table.stopped {
+                return Err(Stopped.into());
+            }
+            if !holds(cell, expected) {
+                return Ok(1);
+            }
+            let queue = table.queues.entry(cell.key).or_default();
+            queue.push_back(waiter.clone());
         }
+        loop {
+            match waiter.state.load(Ordering::Acquire) {
+                NOTIFIED => return Ok(0),
+                STOPPING => return Err(Stopped.into()),
+                _ => {}
+            }
+            // `park` may return without an unpark (spuriously, or for an
+            // unpark meant for an earlier wait): the state decides.
+            match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return self.time_out(cell, &waiter);
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+
+    /// Leaves the queue of a waiter whose time ran out, unless a notify or
+    /// the stop dequeued it first (then that is its result).
+    fn time_out(&self, cell: Cell, waiter: &Arc<Waiter>) -> Result<i32> {
+        let mut table = self.table();
+        match waiter.state.load(Ordering::Acquire) {
+            NOTIFIED => return Ok(0),
+            STOPPING => return Err(Stopped.into()),
+            _ => {}
+        }
+        if let Some(queue) = table.queues.get_mut(&cell.key) {
+            queue.retain(|w| !Arc::ptr_eq(w, waiter));
+            if queue.is_empty() {
+                table.queues.remove(&cell.key);
+            }
+        }
+        Ok(2)
     }
 
     /// Wakes up to `count` threads parked on `cell`, oldest first; returns
     /// how many it woke.
     fn notify(&self, cell: Cell, count: u32) -> u32 {
-        match count {
-            0 => 0,
-            // SAFETY (all three): the key is a cell of this program's memory
-            // (see `wait`); the callbacks only count and never panic.
-            1 => {
-                let result = unsafe { parking_lot_core::unpark_one(cell.key, |_| NOTIFIED) };
-                result.unparked_threads as u32
-            }
-            u32::MAX => {
-                let woken = unsafe { parking_lot_core::unpark_all(cell.key, NOTIFIED) };
-                woken as u32
-            }
-            _ => {
-                let mut left = count;
-                let filter = |_| {
-                    if left == 0 {
-                        FilterOp::Stop
-                    } else {
-                        left -= 1;
-                        FilterOp::Unpark
-                    }
-                };
-                unsafe { parking_lot_core::unpark_filter(cell.key, filter, |_| NOTIFIED) }
-                    .unparked_threads as u32
-            }
+        if count == 0 {
+            return 0;
         }
+        let mut table = self.table();
+        let Some(queue) = table.queues.get_mut(&cell.key) else {
+            return 0;
+        };
+        // Each waiter is woken with the lock held, as Wasmtime's
+        // `parking_spot` does. Waking it after the lock is released makes a
+        // round trip between two threads on idle cores twice as fast, but
+        // with more runnable threads than cores it made the woken thread
+        // preempt its waker mid-stride far more often (twice the context
+        // switches; the mpsc pipeline under CPU hogs 1.5x slower): see the
+        // module docs.
+        let mut woken = 0;
+        while woken < count {
+            let Some(waiter) = queue.pop_front() else {
+                break;
+            };
+            waiter.state.store(NOTIFIED, Ordering::Release);
+            waiter.thread.unpark();
+            woken += 1;
+        }
+        if queue.is_empty() {
+            table.queues.remove(&cell.key);
+        }
+        woken
     }
 
     /// Wakes every parked thread of this program; they see the stop signal
     /// and unwind. Call after triggering the signal.
     pub(crate) fn wake_all(&self) {
-        for shard in &self.registry.shards {
-            let keys = shard.keys.lock();
-            for &key in keys.keys() {
-                // SAFETY: a key recorded by `wait`: a cell of this program's
-                // memory. Waiters never take a shard lock while holding a
-                // bucket lock, so holding one here cannot deadlock.
-                unsafe { parking_lot_core::unpark_all(key, STOPPING) };
+        let mut table = self.table();
+        table.stopped = true;
+        for (_, queue) in table.queues.drain() {
+            for waiter in queue {
+                waiter.state.store(STOPPING, Ordering::Release);
+                waiter.thread.unpark();
             }
         }
     }
 
     #[cfg(test)]
     fn registered(&self) -> usize {
-        self.registry
-            .shards
-            .iter()
-            .map(|s| s.keys.lock().values().map(|&n| n as usize).sum::<usize>())
-            .sum()
+        self.table().queues.values().map(VecDeque::len).sum()
     }
 }
 
