@@ -82,3 +82,9 @@ fuzz-stable seconds="600" seed="0":
 # (histories, calls, linearization nodes explored, failures) at the end.
 wasi-race seconds="3600":
     WASI_LIN_SECONDS={{seconds}} WASI_LIN_BASE=random WASI_LIN_KEEP_GOING=1 cargo test -p wasi-threads-host --test wasi_linearizable -- --nocapture concurrent_wasi_calls_are_linearizable
+
+# tokio's suite as cargo's runner (issue 30), cold (caches emptied) and warm,
+# under our release CLI and `wasmtime` 36 ($WASMTIME or on PATH), taking
+# turns; medians and ratios. E.g. `ROUNDS=3 just bench-ci rt_threaded`.
+bench-ci *targets:
+    .ci/bench-ci {{targets}}
