@@ -63,7 +63,11 @@ pub fn map<T: Sync, R: Send>(
         }
     };
     let mut done: Vec<(usize, Vec<R>)> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        // A helper the OS will not start is no error: the runs it would
+        // have taken are taken by the others, the caller included.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
+            .collect();
         let mut done = work();
         for helper in helpers {
             match helper.join() {
