@@ -33,7 +33,7 @@ C_FIXTURES=(c-pthreads c-exit-thread c-trap-thread c-main-return c-exit-code
             bench-wasi-calls)
 # C fixtures linked with zstd's C library (see zstd_lib below)
 ZSTD_FIXTURES=(bench-zstd)
-RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread bench-pipeline bench-compute)
+RUST_FIXTURES=(rust-threads rust-rayon rust-panic-thread bench-pipeline bench-compute sched-counter)
 # Rust fixtures that also get a native build (benchmark baselines)
 RUST_NATIVE=(bench-pipeline bench-compute)
 # Built with full DWARF (C: -g -O0, Rust: the dev profile) for the tests of
