@@ -5,12 +5,13 @@
 //! rewritten ones: consulting it would still cost a full rewrite of the
 //! module on every run (for a 20 MB program, most of the startup). This
 //! cache is keyed by the module the user gave, every byte of the rewrite's
-//! source and the engine's compatibility hash, and holds what the rewrite
+//! source, the engine's compatibility hash and the mode (normal, or the
+//! schedule mode's granularity), and holds what the rewrite
 //! and the compiler produced: the serialized `Module` and the
 //! [`OffsetMap`]. It is bounded: beyond its size, the entries used least
 //! recently are removed.
 
-use super::{CompiledModule, OffsetMap, compile};
+use super::{CompiledModule, Granularity, OffsetMap, compile, compile_scheduled};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,11 +74,35 @@ impl ModuleCache {
     /// [`compile`], with what it produces kept in the cache and reused
     /// by later calls for the same module and engine settings.
     pub fn compile(&self, engine: &Engine, bytes: &[u8]) -> Result<CompiledModule> {
+        self.compile_as(engine, bytes, None)
+    }
+
+    /// `compile_scheduled`, cached like
+    /// [`compile`](Self::compile). The granularity (or the normal mode) is
+    /// part of the key: the two modes' modules import different host
+    /// functions, and one is never handed out for the other.
+    pub fn compile_scheduled(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        granularity: Granularity,
+    ) -> Result<CompiledModule> {
+        self.compile_as(engine, bytes, Some(granularity))
+    }
+
+    fn compile_as(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        schedule: Option<Granularity>,
+    ) -> Result<CompiledModule> {
         let dir = &self.dir;
-        let key = cache_key(REWRITE_SOURCES, engine, bytes);
+        let key = cache_key(REWRITE_SOURCES, engine, schedule, bytes);
         let module_path = dir.join(format!("{key}.cwasm"));
         let map_path = dir.join(format!("{key}.map"));
         if let Some(guest) = load(engine, &module_path, &map_path) {
+            // The key says which mode the entry was compiled for.
+            let guest = guest.with_granularity(schedule);
             log::debug!("module loaded from the cache ({})", module_path.display());
             // Its last use, for the eviction order.
             let touched = std::fs::File::options()
@@ -92,7 +117,10 @@ impl ModuleCache {
         // `compile` leaves out DWARF the engine does not read. The key
         // needs no more for it: whether the engine reads DWARF is part of its
         // compatibility hash.
-        let guest = compile(engine, bytes)?;
+        let guest = match schedule {
+            None => compile(engine, bytes)?,
+            Some(granularity) => compile_scheduled(engine, bytes, granularity)?,
+        };
         match store(&guest, dir, &module_path, &map_path) {
             Ok(()) => {
                 log::debug!("module compiled and cached ({})", module_path.display());
@@ -108,8 +136,14 @@ impl ModuleCache {
 }
 
 /// The key of `bytes` compiled by `engine` with the rewrite whose source is
-/// `sources` (path and contents of each file).
-fn cache_key(sources: &[(&str, &[u8])], engine: &Engine, bytes: &[u8]) -> String {
+/// `sources` (path and contents of each file), for the normal mode
+/// (`schedule` `None`) or schedule mode at that granularity.
+fn cache_key(
+    sources: &[(&str, &[u8])],
+    engine: &Engine,
+    schedule: Option<Granularity>,
+    bytes: &[u8],
+) -> String {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine
         .precompile_compatibility_hash()
@@ -124,6 +158,12 @@ fn cache_key(sources: &[(&str, &[u8])], engine: &Engine, bytes: &[u8]) -> String
         hasher.update(contents);
     }
     hasher.update(&engine_hash.finish().to_le_bytes());
+    // One byte, before the module's: no mode's key is another's.
+    hasher.update(&[match schedule {
+        None => 0,
+        Some(Granularity::Atomics) => 1,
+        Some(Granularity::Accesses) => 2,
+    }]);
     hash_module(&mut hasher, bytes);
     hasher.finalize().to_hex().to_string()
 }
@@ -271,7 +311,7 @@ mod tests {
 
         // Replace the cached map by a different valid one: what the next
         // call returns must be the cached entry, not a fresh rewrite.
-        let key = cache_key(REWRITE_SOURCES, &engine, GUEST);
+        let key = cache_key(REWRITE_SOURCES, &engine, None, GUEST);
         let map_path = dir.join(format!("{key}.map"));
         assert_eq!(std::fs::read(&map_path).unwrap(), encoded);
         std::fs::write(&map_path, OffsetMap::identity().encode().unwrap()).unwrap();
@@ -297,7 +337,7 @@ mod tests {
         let key = |details, native| {
             let mut config = crate::engine_config();
             config.wasm_backtrace_details(details).debug_info(native);
-            cache_key(REWRITE_SOURCES, &Engine::new(&config).unwrap(), GUEST)
+            cache_key(REWRITE_SOURCES, &Engine::new(&config).unwrap(), None, GUEST)
         };
         let plain = key(Disable, false);
         assert_eq!(plain, key(Disable, false));
@@ -347,10 +387,10 @@ mod tests {
                 .iter()
                 .map(|(p, b)| (p.as_str(), b.as_slice()))
                 .collect();
-            cache_key(&borrowed, &engine, GUEST)
+            cache_key(&borrowed, &engine, None, GUEST)
         };
         let original = key_of(&built);
-        assert_eq!(original, cache_key(REWRITE_SOURCES, &engine, GUEST));
+        assert_eq!(original, cache_key(REWRITE_SOURCES, &engine, None, GUEST));
         for i in 0..built.len() {
             let len = built[i].1.len();
             for at in [0, len / 2, len - 1] {
@@ -382,7 +422,7 @@ mod tests {
                 .sum()
         };
         let keys: Vec<String> = (0..3)
-            .map(|n| cache_key(REWRITE_SOURCES, &engine, &module(n)))
+            .map(|n| cache_key(REWRITE_SOURCES, &engine, None, &module(n)))
             .collect();
         let cached = |n: usize| dir.join(format!("{}.cwasm", keys[n])).is_file();
         let unbounded = ModuleCache::new(&dir).max_size(u64::MAX);

@@ -23,6 +23,13 @@
 //!   whatever address it waits on.
 //! - **A `memory` export** for WASI, which finds the caller's memory by it.
 //!
+//! A module compiled for the deterministic schedule mode
+//! ([`compile_scheduled`]) gets, on top of all that, scheduling points
+//! before its atomics and WASI calls (and, at [`Granularity::Accesses`],
+//! its plain accesses to the shared memory) and a preemption tick counted
+//! down at its stop checks: see [`schedule`]. The normal mode's output does
+//! not change with it.
+//!
 //! Supervision must not be something a guest can opt out of, so the rewrite
 //! decides from the module's code, never from what it claims about itself
 //! (see [`plan`]).
@@ -51,10 +58,17 @@ mod checks;
 mod dwarf;
 mod offsets;
 mod parallel;
+mod schedule;
+#[cfg(test)]
+mod schedule_tests;
 mod unroll;
 
 pub use cache::{DEFAULT_CACHE_SIZE, ModuleCache};
 pub use offsets::{CompiledModule, OffsetMap};
+// `point_kind` is for the scheduler's host functions, which are not wired
+// to this module yet.
+#[allow(unused_imports)]
+pub use schedule::{Granularity, SCHED_POINT, SCHED_TICK, point_kind};
 
 use offsets::MapBuilder;
 use std::ops::Range;
@@ -79,9 +93,17 @@ pub const STOP_FLAG: &str = "stop-flag";
 /// The export name wiggle's WASI glue looks the caller's memory up by.
 const MEMORY_EXPORT: &str = "memory";
 
+/// A function the rewrite imports from [`HOST_MODULE`]: its name, parameters
+/// and results.
+type HostFunc = (
+    &'static str,
+    &'static [wasmparser::ValType],
+    &'static [wasmparser::ValType],
+);
+
 /// The wait and notify functions, in the order the rewrite imports them,
 /// with their exact types.
-const HOST_FUNCS: [(&str, &[wasmparser::ValType], &[wasmparser::ValType]); 3] = {
+const HOST_FUNCS: [HostFunc; 3] = {
     use wasmparser::ValType::{I32, I64};
     [
         (WAIT32, &[I32, I32, I64, I32], &[I32]),
@@ -90,6 +112,14 @@ const HOST_FUNCS: [(&str, &[wasmparser::ValType], &[wasmparser::ValType]); 3] = 
     ]
 };
 const ROUTED_FUNCS: u32 = HOST_FUNCS.len() as u32;
+
+/// The schedule mode's functions, in the order the rewrite imports them
+/// (after [`HOST_FUNCS`]), with their exact types.
+const SCHED_HOST_FUNCS: [HostFunc; 2] = {
+    use wasmparser::ValType::I32;
+    [(SCHED_POINT, &[I32], &[]), (SCHED_TICK, &[], &[I32])]
+};
+const SCHED_FUNCS: u32 = SCHED_HOST_FUNCS.len() as u32;
 
 /// What the scan found in one function body.
 struct BodyScan {
@@ -148,6 +178,12 @@ struct Scan {
     atomics_on_shared: bool,
     /// A memory other than the routed one that a native wait parks on.
     wait_elsewhere: Option<u32>,
+    /// Which function imports (by function index) are WASI functions: the
+    /// schedule mode's points go before their calls.
+    wasi_funcs: Vec<bool>,
+    /// Globals, imported and defined: the schedule mode's countdown is the
+    /// next one.
+    globals: u32,
 }
 
 fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
@@ -177,7 +213,12 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
                         scan.note_host_import(import.name, import.ty);
                     }
                     match import.ty {
-                        TypeRef::Func(_) | TypeRef::FuncExact(_) => scan.imported_funcs += 1,
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => {
+                            scan.imported_funcs += 1;
+                            scan.wasi_funcs
+                                .push(schedule::is_wasi_module(import.module));
+                        }
+                        TypeRef::Global(_) => scan.globals += 1,
                         TypeRef::Memory(ty) => {
                             if !host && ty.shared && !ty.memory64 && scan.shared_memory.is_none() {
                                 scan.shared_memory = Some(scan.memories.len() as u32);
@@ -193,6 +234,9 @@ fn scan(bytes: &[u8], unroll: bool) -> Result<Scan> {
                 for ty in reader {
                     scan.memories.push(ty?);
                 }
+            }
+            Payload::GlobalSection(reader) => {
+                scan.globals = scan.globals.saturating_add(reader.count())
             }
             Payload::ExportSection(reader) => {
                 for export in reader {
@@ -540,15 +584,47 @@ fn plan(scan: &Scan) -> Result<Plan> {
 /// to those of `bytes`, the module the user built, so that trap backtraces
 /// name the user's code (see [`CompiledModule::format_backtrace`]).
 pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<CompiledModule> {
+    compile_as(engine, bytes, None)
+}
+
+/// Compiles `bytes` for schedule mode (same as `compile` + the schedule instrumentation).
+///
+/// The module gets the scheduling points of `granularity` (see
+/// [`schedule`]) on top of everything [`compile`] adds, and imports
+/// [`SCHED_POINT`] and [`SCHED_TICK`] from [`HOST_MODULE`], which the
+/// instantiating host must define. A module [`compile`] would run as it is
+/// (one this host already rewrote) has no place left for them and is
+/// refused. [`CompiledModule::granularity`] tells the two kinds of module
+/// apart.
+pub fn compile_scheduled(
+    engine: &Engine,
+    bytes: &[u8],
+    granularity: Granularity,
+) -> Result<CompiledModule> {
+    compile_as(engine, bytes, Some(granularity))
+}
+
+/// [`compile`], or [`compile_scheduled`] with `schedule`.
+fn compile_as(
+    engine: &Engine,
+    bytes: &[u8],
+    schedule: Option<Granularity>,
+) -> Result<CompiledModule> {
     let binary = to_binary(bytes)?;
     // DWARF the engine will not read is neither remapped nor compiled.
     let binary = dwarf::without_unread_dwarf(engine, &binary);
     Module::validate(engine, &binary)?;
-    match rewrite_with_map(&binary)? {
+    match rewrite_as(&binary, schedule)? {
         Some((rewritten, map)) => {
-            log::debug!("rewrote the module: stop checks added, atomic waits routed");
+            match schedule {
+                None => log::debug!("rewrote the module: stop checks added, atomic waits routed"),
+                Some(g) => log::debug!(
+                    "rewrote the module for schedule mode ({g:?}): stop checks, atomic waits \
+                     routed, scheduling points added"
+                ),
+            }
             let module = Module::new(engine, &rewritten)?;
-            Ok(CompiledModule::new(module, Arc::new(map)))
+            Ok(CompiledModule::new(module, Arc::new(map)).with_granularity(schedule))
         }
         None => {
             let module = Module::new(engine, &binary)?;
@@ -618,19 +694,47 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
 
 /// [`rewrite`] of a binary module, with the map of how its code moved.
 pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
+    rewrite_as(binary, None)
+}
+
+/// [`rewrite_with_map`], with the schedule mode's instrumentation when
+/// `schedule` is given: then never `None`, since a module already rewritten
+/// (which the normal rewrite keeps as it is) is refused.
+fn rewrite_as(
+    binary: &[u8],
+    schedule: Option<Granularity>,
+) -> Result<Option<(Vec<u8>, OffsetMap)>> {
     // DWARF describes every instruction at one place, and a debugger or a
     // backtrace's file and line rely on it: a module that carries some (the
     // engine reads it, see `compile`) keeps its loops as they are.
     let unroll = !dwarf::carries_dwarf(binary);
     let scan = scan(binary, unroll).map_err(|e| e.context("invalid WebAssembly module"))?;
-    let Plan::Rewrite {
-        route,
-        export_memory,
-    } = plan(&scan)?
-    else {
-        return Ok(None);
+    let (route, export_memory) = match plan(&scan)? {
+        Plan::Rewrite {
+            route,
+            export_memory,
+        } => (route, export_memory),
+        Plan::Keep if schedule.is_some() => bail!(
+            "the module was already rewritten by this host (it checks the stop flag \
+             everywhere); schedule mode must instrument the module as it was built: \
+             give it the original .wasm"
+        ),
+        Plan::Keep => return Ok(None),
     };
     let routed_funcs = if route { ROUTED_FUNCS } else { 0 };
+    // The schedule mode's functions are imported after the routed ones, and
+    // its countdown is the global after the module's own.
+    let schedule = schedule.map(|granularity| {
+        let point = scan.imported_funcs + routed_funcs;
+        schedule::Settings {
+            granularity,
+            point,
+            tick: point + 1,
+            countdown: scan.globals,
+            wasi: scan.wasi_funcs.clone().into(),
+        }
+    });
+    let added_funcs = routed_funcs + if schedule.is_some() { SCHED_FUNCS } else { 0 };
     let mut rewriter = Rewriter {
         code: BodyWriter {
             unroll,
@@ -638,12 +742,14 @@ pub fn rewrite_with_map(binary: &[u8]) -> Result<Option<(Vec<u8>, OffsetMap)>> {
             route,
             imported_funcs: scan.imported_funcs,
             imported_memories: scan.imported_memories,
-            added_funcs: routed_funcs,
+            added_funcs,
+            schedule,
         },
         export_memory,
         exported: false,
         types_added: false,
         imports_added: false,
+        globals_added: false,
         first_added_type: scan.types,
         entry: scan.entry,
         map: MapBuilder::new(scan.code.clone(), scan.code_count_len, scan.bodies),
@@ -685,6 +791,7 @@ struct Rewriter {
     exported: bool,
     types_added: bool,
     imports_added: bool,
+    globals_added: bool,
     /// The first of the types added at the end of the type section.
     first_added_type: u32,
     /// [`Scan::entry`]: which bodies get an entry check.
@@ -706,8 +813,11 @@ struct BodyWriter {
     imported_funcs: u32,
     imported_memories: u32,
     /// The functions the rewrite imports after the module's own function
-    /// imports: the routed waits and notify, if any.
+    /// imports: the routed waits and notify, if any, then the schedule
+    /// mode's.
     added_funcs: u32,
+    /// The schedule mode's instrumentation, when compiling for it.
+    schedule: Option<schedule::Settings>,
 }
 
 impl Rewriter {
@@ -722,33 +832,58 @@ impl Rewriter {
         self.exported = true;
     }
 
+    /// The functions the rewrite imports, in order, with their types: the
+    /// routed waits and notify, then the schedule mode's.
+    fn added_host_funcs(&self) -> impl Iterator<Item = &HostFunc> {
+        let routed = if self.code.route {
+            &HOST_FUNCS[..]
+        } else {
+            &[]
+        };
+        let scheduled = match self.code.schedule {
+            Some(_) => &SCHED_HOST_FUNCS[..],
+            None => &[],
+        };
+        routed.iter().chain(scheduled)
+    }
+
     /// The types of the added imports, at the end of the type section.
     fn add_types(&mut self, types: &mut wasm_encoder::TypeSection) {
-        if self.code.route {
-            for (_, params, results) in HOST_FUNCS {
-                let convert = |t: &wasmparser::ValType| match t {
-                    wasmparser::ValType::I64 => wasm_encoder::ValType::I64,
-                    _ => wasm_encoder::ValType::I32,
-                };
-                types.ty().function(
-                    params.iter().map(convert).collect::<Vec<_>>(),
-                    results.iter().map(convert).collect::<Vec<_>>(),
-                );
-            }
+        for (_, params, results) in self.added_host_funcs() {
+            let convert = |t: &wasmparser::ValType| match t {
+                wasmparser::ValType::I64 => wasm_encoder::ValType::I64,
+                _ => wasm_encoder::ValType::I32,
+            };
+            types.ty().function(
+                params.iter().map(convert).collect::<Vec<_>>(),
+                results.iter().map(convert).collect::<Vec<_>>(),
+            );
         }
         self.types_added = true;
     }
 
+    /// The schedule mode's countdown (see [`schedule::countdown`]), at the
+    /// end of the global section.
+    fn add_globals(&mut self, globals: &mut wasm_encoder::GlobalSection) {
+        if self.code.schedule.is_some() {
+            globals.global(
+                wasm_encoder::GlobalType {
+                    val_type: wasm_encoder::ValType::I32,
+                    mutable: true,
+                    shared: false,
+                },
+                &wasm_encoder::ConstExpr::i32_const(1),
+            );
+        }
+        self.globals_added = true;
+    }
+
     /// The added imports, at the end of the import section: the routed
-    /// functions, and the stop flag's memory, whose index is
-    /// then the number of memories the module imports.
+    /// functions, the schedule mode's, and the stop flag's memory, whose
+    /// index is then the number of memories the module imports.
     fn add_imports(&mut self, imports: &mut wasm_encoder::ImportSection) {
-        let mut ty = self.first_added_type;
-        if self.code.route {
-            for (name, _, _) in HOST_FUNCS {
-                imports.import(HOST_MODULE, name, wasm_encoder::EntityType::Function(ty));
-                ty += 1;
-            }
+        for (ty, (name, _, _)) in (self.first_added_type..).zip(self.added_host_funcs()) {
+            imports.import(HOST_MODULE, name, wasm_encoder::EntityType::Function(ty));
         }
         let flag = stop_flag_type();
         imports.import(
@@ -867,7 +1002,25 @@ impl BodyWriter {
                 func.instruction(&wasm_encoder::Instruction::Call(host_func));
             }
             None => {
-                record(func, false);
+                let point = self
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| Some((s.point, s.point_before(&op, self.memory)?)));
+                match point {
+                    Some((point, kind)) => {
+                        // The point stands for the instruction it precedes,
+                        // as a routed wait's call does: a backtrace through
+                        // the scheduler is told at that instruction, and
+                        // the instruction's offset maps to the point's
+                        // start (a breakpoint there stops before it).
+                        record(func, true);
+                        func.instruction(&wasm_encoder::Instruction::I32Const(kind));
+                        record(func, true);
+                        func.instruction(&wasm_encoder::Instruction::Call(point));
+                        record(func, true);
+                    }
+                    None => record(func, false),
+                }
                 func.instruction(&self.instruction(op)?);
             }
         }
@@ -986,6 +1139,15 @@ impl BodyWriter {
             moves.exact(func.byte_len(), original);
             func.instruction(&instruction);
         }
+        // Every check is also where the schedule mode counts towards its
+        // next preemption tick: checks are what bounds a thread's work, so
+        // a thread that only computes still reaches the scheduler.
+        if let Some(settings) = &self.schedule {
+            for instruction in schedule::countdown(settings) {
+                moves.exact(func.byte_len(), original);
+                func.instruction(&instruction);
+            }
+        }
     }
 }
 
@@ -1060,6 +1222,16 @@ impl Reencode for Rewriter {
         Ok(())
     }
 
+    fn parse_global_section(
+        &mut self,
+        globals: &mut wasm_encoder::GlobalSection,
+        section: wasmparser::GlobalSectionReader<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        reencode::utils::parse_global_section(self, globals, section)?;
+        self.add_globals(globals);
+        Ok(())
+    }
+
     fn parse_export_section(
         &mut self,
         exports: &mut wasm_encoder::ExportSection,
@@ -1092,6 +1264,13 @@ impl Reencode for Rewriter {
             let mut imports = wasm_encoder::ImportSection::new();
             self.add_imports(&mut imports);
             module.section(&imports);
+        }
+        if !self.globals_added && due(SectionId::Global) {
+            let mut globals = wasm_encoder::GlobalSection::new();
+            self.add_globals(&mut globals);
+            if !globals.is_empty() {
+                module.section(&globals);
+            }
         }
         if !self.exported && due(SectionId::Export) {
             let mut exports = wasm_encoder::ExportSection::new();

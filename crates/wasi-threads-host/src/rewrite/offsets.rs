@@ -8,6 +8,7 @@
 //! instruction kept its length, so a point is recorded only where the shift
 //! between the rewritten and the original offset changes.
 
+use super::Granularity;
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
@@ -367,17 +368,38 @@ impl MapBuilder {
     }
 }
 
-/// A module compiled by [`compile`](super::compile): the
-/// Wasmtime `Module` to run and the map back to the module the user built.
+/// A module compiled by [`compile`](super::compile) (or
+/// `compile_scheduled`): the Wasmtime `Module`
+/// to run and the map back to the module the user built.
 #[derive(Clone)]
 pub struct CompiledModule {
     module: Module,
     map: Arc<OffsetMap>,
+    granularity: Option<Granularity>,
 }
 
 impl CompiledModule {
     pub(super) fn new(module: Module, map: Arc<OffsetMap>) -> Self {
-        CompiledModule { module, map }
+        CompiledModule {
+            module,
+            map,
+            granularity: None,
+        }
+    }
+
+    /// The module, marked as compiled for schedule mode at `granularity`
+    /// (`None`: the normal mode).
+    pub(super) fn with_granularity(mut self, granularity: Option<Granularity>) -> Self {
+        self.granularity = granularity;
+        self
+    }
+
+    /// The scheduling points the module was compiled with: `Some` for a
+    /// module from `compile_scheduled`, whose
+    /// imports only a schedule-mode host defines; `None` for one from
+    /// [`compile`](super::compile).
+    pub fn granularity(&self) -> Option<Granularity> {
+        self.granularity
     }
 
     /// The module to instantiate.
@@ -403,6 +425,7 @@ impl std::fmt::Debug for CompiledModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledModule")
             .field("rewritten", &!self.map.is_identity())
+            .field("granularity", &self.granularity)
             .finish_non_exhaustive()
     }
 }
