@@ -113,6 +113,36 @@ pub struct Cli {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Run in the schedule mode: one guest thread at a time, switching where
+    /// a seeded policy decides, on virtual clocks and seeded randomness, so
+    /// that the same SPEC and inputs give the same run, byte for byte.
+    /// SPEC: comma-separated `seed=N` (default 0), `random` (default) or
+    /// `pct` (with `depth=D`, `length=L`), and `accesses` to switch at
+    /// every plain load and store as well as at atomics.
+    #[arg(long, value_name = "SPEC")]
+    pub schedule: Option<String>,
+
+    /// Replay a schedule trace as `--explore` prints it (`step:tid,...`),
+    /// with the seed `--schedule` gives.
+    #[arg(long, value_name = "TRACE")]
+    pub replay: Option<String>,
+
+    /// Run the program under K schedules (seeds from `--schedule`'s, PCT
+    /// and random by turns, several at once), stop at the first that fails
+    /// (non-zero exit, trap, deadlock, timeout), shrink it, and print the
+    /// command that replays it. Exit status: the failing run's, else 0.
+    #[arg(long, value_name = "K")]
+    pub explore: Option<u64>,
+
+    /// With `--explore`: a run whose stdout differs from the first run's
+    /// fails too.
+    #[arg(long)]
+    pub explore_stdout: bool,
+
+    /// With `--explore`: how many runs at once (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
     /// The module to run (binary .wasm or text .wat), then the guest's
     /// arguments: everything after MODULE, flags included, goes to the guest.
     #[arg(value_name = "MODULE", trailing_var_arg = true)]
@@ -211,6 +241,34 @@ impl Cli {
             return Err("--timeout and -W timeout= disagree; give one".to_string());
         }
         Ok(options)
+    }
+
+    /// The schedule mode's settings (`--schedule`, `--replay`, `--explore`),
+    /// checked; `None` outside it.
+    pub fn schedule_spec(
+        &self,
+    ) -> Result<Option<(crate::schedule::Spec, Option<wasi_threads_host::Trace>)>, String> {
+        if self.schedule.is_none() && self.replay.is_none() && self.explore.is_none() {
+            if self.explore_stdout || self.jobs.is_some() {
+                return Err("--explore-stdout and --jobs need --explore".into());
+            }
+            return Ok(None);
+        }
+        let spec = crate::schedule::Spec::parse(self.schedule.as_deref().unwrap_or(""))?;
+        let trace = match &self.replay {
+            Some(trace) => Some(trace.parse().map_err(|e| format!("--replay: {e}"))?),
+            None => None,
+        };
+        if trace.is_some() && self.explore.is_some() {
+            return Err("--replay runs one schedule, --explore many: give one".into());
+        }
+        if self.explore == Some(0) {
+            return Err("--explore 0: explore at least one schedule".into());
+        }
+        if self.explore.is_none() && (self.explore_stdout || self.jobs.is_some()) {
+            return Err("--explore-stdout and --jobs need --explore".into());
+        }
+        Ok(Some((spec, trace)))
     }
 
     /// `-W help`, `-S help` or `-D help`: the keys of that group.

@@ -2,11 +2,19 @@
 
 mod cli;
 mod options;
+mod schedule;
 
 use clap::error::ErrorKind;
 use std::process::ExitCode;
-use wasi_threads_host::{ModuleCache, Outcome, Runner};
+use std::sync::Mutex;
+use wasi_threads_host::{
+    CompiledModule, ModuleCache, Outcome, Run, Runner, SharedOutput, SharedStdin, Stdio, Trace,
+};
 use wasmtime::error::Context as _;
+
+/// The most output of one explored run kept in memory (a run that writes
+/// more gets ENOSPC past it, as on a full disk).
+const EXPLORE_OUTPUT_LIMIT: usize = 64 << 20;
 
 /// The exit status of a usage error, as clap (and so `wasmtime run`) gives
 /// it: a script can tell it from a guest's `exit(1)`.
@@ -21,8 +29,12 @@ fn main() -> ExitCode {
         println!("{help}");
         return ExitCode::SUCCESS;
     }
-    let options = match cli.options() {
-        Ok(options) => options,
+    let checked = cli.options().and_then(|options| {
+        let spec = cli.schedule_spec()?;
+        Ok((options, spec))
+    });
+    let (options, spec) = match checked {
+        Ok(checked) => checked,
         Err(message) => {
             eprintln!("error: {message}\n\nFor more information, try '--help'.");
             return ExitCode::from(USAGE_ERROR);
@@ -39,7 +51,7 @@ fn main() -> ExitCode {
         logger.filter_level(log::LevelFilter::Off);
     }
     logger.init();
-    let status = match run(cli, options) {
+    let status = match run(cli, options, spec) {
         Ok(outcome) => {
             match &outcome {
                 Outcome::Exit { .. } => {}
@@ -79,7 +91,11 @@ fn main() -> ExitCode {
     std::process::exit(status)
 }
 
-fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
+fn run(
+    cli: cli::Cli,
+    options: options::Options,
+    spec: Option<(schedule::Spec, Option<Trace>)>,
+) -> wasmtime::Result<Outcome> {
     let no_cache = cli.no_cache || options.no_cache;
     let cache_size = match std::env::var("WASI_THREADS_CACHE_SIZE") {
         Ok(size) => cli::parse_size(&size)
@@ -92,6 +108,103 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
         check_dir(host)
             .with_context(|| format!("failed to open directory '{}'", host.display()))?;
     }
+    let engine = engine(&options, no_cache)?;
+    let path = std::path::Path::new(&cli.module_and_args[0]);
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("failed to open wasm module \"{}\"", path.display()))?;
+    let bytes = to_binary(path, bytes)?;
+    // A cached run skips the module rewrite as well as compilation: for a
+    // large module (ripgrep: 20 MB) the rewrite is most of startup.
+    let cache = module_cache_dir()
+        .filter(|_| !no_cache)
+        .map(|dir| ModuleCache::new(dir).max_size(cache_size));
+    let cannot_run = || format!("cannot run {}", path.display());
+    let Some((spec, trace)) = spec else {
+        let guest = match &cache {
+            Some(cache) => cache.compile(&engine, &bytes),
+            None => wasi_threads_host::compile(&engine, &bytes),
+        }
+        .with_context(cannot_run)?;
+        return runner(&cli, &options, &engine)
+            .run_module(&guest)
+            .with_context(cannot_run);
+    };
+    let guest = match &cache {
+        Some(cache) => cache.compile_scheduled(&engine, &bytes, spec.granularity),
+        None => wasi_threads_host::compile_scheduled(&engine, &bytes, spec.granularity),
+    }
+    .with_context(cannot_run)?;
+    match cli.explore {
+        None => runner(&cli, &options, &engine)
+            .schedule(spec.schedule(trace))
+            .run_module(&guest)
+            .with_context(cannot_run),
+        Some(runs) => {
+            explore(&cli, &options, &engine, &guest, &spec, runs).with_context(cannot_run)
+        }
+    }
+}
+
+/// `--explore K`: the program under K schedules, each run's stdio in
+/// memory (stdin read once, given to every run).
+fn explore(
+    cli: &cli::Cli,
+    options: &options::Options,
+    engine: &wasmtime::Engine,
+    guest: &CompiledModule,
+    spec: &schedule::Spec,
+    runs: u64,
+) -> wasmtime::Result<Outcome> {
+    use std::io::{IsTerminal as _, Read as _};
+    let mut stdin = Vec::new();
+    if !std::io::stdin().is_terminal() {
+        std::io::stdin()
+            .read_to_end(&mut stdin)
+            .context("cannot read stdin for the explored runs")?;
+    }
+    let first: Mutex<Option<Run>> = Mutex::new(None);
+    let run_one = |schedule: wasi_threads_host::Schedule| -> wasmtime::Result<Run> {
+        let (stdout, out) = SharedOutput::memory(EXPLORE_OUTPUT_LIMIT);
+        let (stderr, err) = SharedOutput::memory(EXPLORE_OUTPUT_LIMIT);
+        let stdio = Stdio::new()
+            .stdin(SharedStdin::from_bytes(stdin.clone()))
+            .stdout(stdout)
+            .stderr(stderr);
+        let (seed, log) = (schedule.seed(), schedule.log());
+        let outcome = runner(cli, options, engine)
+            .stdio(stdio)
+            .schedule(schedule)
+            .run_module(guest)?;
+        let run = Run {
+            outcome,
+            stdout: out.contents(),
+            stderr: err.contents(),
+            report: log.report(),
+        };
+        if seed == spec.seed {
+            first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| run.clone());
+        }
+        Ok(run)
+    };
+    let explore = spec.explore(runs, cli.explore_stdout, cli.jobs);
+    let report = wasi_threads_host::explore(&explore, run_one)?;
+    let argv: Vec<String> = std::env::args().collect();
+    let first = first.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(schedule::report(
+        &report,
+        first.as_ref(),
+        cli.module(),
+        |trace, seed, granularity| {
+            schedule::replay_command(&argv, cli.module_and_args.len(), seed, granularity, trace)
+        },
+    ))
+}
+
+/// The engine the command line asks for.
+fn engine(options: &options::Options, no_cache: bool) -> wasmtime::Result<wasmtime::Engine> {
     let mut config = wasi_threads_host::engine_config();
     // Wasmtime's own cache only when asked for by -C cache-config: the
     // module cache below holds the same compiled code (and more).
@@ -106,6 +219,8 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
             path.display()
         );
     }
+    #[cfg(not(feature = "cache"))]
+    let _ = no_cache;
     if let Some(parallel) = options.parallel_compilation {
         config.parallel_compilation(parallel);
     }
@@ -131,7 +246,12 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
             .max_wasm_stack(bytes)
             .async_stack_size(bytes.max(2 << 20));
     }
-    let engine = wasmtime::Engine::new(&config)?;
+    wasmtime::Engine::new(&config)
+}
+
+/// A runner set up as the command line asks (one per run: `--explore`
+/// runs many).
+fn runner(cli: &cli::Cli, options: &options::Options, engine: &wasmtime::Engine) -> Runner {
     let argv0 = cli
         .argv0
         .clone()
@@ -152,13 +272,13 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
             runner = runner.env(key, value);
         }
     }
-    for (key, value) in cli.env {
-        match value.or_else(|| std::env::var(&key).ok()) {
+    for (key, value) in &cli.env {
+        match value.clone().or_else(|| std::env::var(key).ok()) {
             Some(value) => runner = runner.env(key, value),
             None => log::warn!("--env {key}: not set on the host; not passed on"),
         }
     }
-    for (host, guest) in cli.dirs {
+    for (host, guest) in &cli.dirs {
         runner = runner.preopened_dir(host, guest);
     }
     if let Some(bytes) = options.max_memory_size {
@@ -170,22 +290,7 @@ fn run(cli: cli::Cli, options: options::Options) -> wasmtime::Result<Outcome> {
     if let Some(limit) = cli.timeout.or(options.timeout) {
         runner = runner.timeout(limit);
     }
-    let path = std::path::Path::new(&cli.module_and_args[0]);
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("failed to open wasm module \"{}\"", path.display()))?;
-    let bytes = to_binary(path, bytes)?;
-    // A cached run skips the module rewrite as well as compilation: for a
-    // large module (ripgrep: 20 MB) the rewrite is most of startup.
-    let guest = match module_cache_dir().filter(|_| !no_cache) {
-        Some(dir) => ModuleCache::new(dir)
-            .max_size(cache_size)
-            .compile(&engine, &bytes),
-        None => wasi_threads_host::compile(&engine, &bytes),
-    }
-    .with_context(|| format!("cannot run {}", path.display()))?;
     runner
-        .run_module(&guest)
-        .with_context(|| format!("cannot run {}", path.display()))
 }
 
 /// A `--dir` must name a directory that can be opened.

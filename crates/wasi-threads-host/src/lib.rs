@@ -76,6 +76,7 @@ compile_error!("wasi-threads-host needs a compiler: enable its `cranelift` or `w
 mod program;
 mod rewrite;
 mod runner;
+mod schedule;
 mod sync;
 mod wasi;
 mod wasi_threads;
@@ -96,11 +97,19 @@ pub mod errno {
 pub use program::{
     CancelHandle, MAIN_TID, MAX_TID, Notifier, Outcome, ThreadEvent, ThreadExit, TrapInfo,
 };
-pub use rewrite::{CompiledModule, DEFAULT_CACHE_SIZE, ModuleCache, OffsetMap, compile};
+pub use rewrite::{
+    CompiledModule, DEFAULT_CACHE_SIZE, Granularity, ModuleCache, OffsetMap, compile,
+    compile_scheduled,
+};
 // For the differential fuzzer (crates/rewrite-diff); not part of the API.
 #[doc(hidden)]
 pub use rewrite::{rewrite, rewrite_with_map};
 pub use runner::Runner;
+pub use schedule::explore::{Explore, ExploreReport, Failure, Mix, Run, explore};
+pub use schedule::{
+    DEFAULT_PCT_DEPTH, DEFAULT_PCT_LENGTH, Schedule, ScheduleLog, ScheduleReport, Strategy, Switch,
+    Trace, TraceParseError, VIRTUAL_EPOCH_SECS,
+};
 pub use wasi::stdin::SharedStdin;
 pub use wasi::stdio::{MemoryOutput, SharedOutput};
 pub use wasi::{SharedWasi, Stdio};

@@ -3,6 +3,7 @@
 
 use crate::program::{CancelHandle, Outcome};
 use crate::rewrite::CompiledModule;
+use crate::schedule::Schedule;
 use crate::wasi::{SharedWasi, Stdio};
 use crate::wasi_threads::{
     DEFAULT_STACK_SIZE, HOST_STACK_RESERVE, ThreadsConfig, WasiThreads, engine_config,
@@ -45,6 +46,7 @@ pub struct Runner {
     max_wasm_stack: Option<usize>,
     unknown_imports_trap: bool,
     on_start: Option<Box<dyn FnOnce(CancelHandle) + Send>>,
+    schedule: Option<Schedule>,
 }
 
 impl Default for Runner {
@@ -78,6 +80,7 @@ impl Runner {
             max_wasm_stack: None,
             unknown_imports_trap: false,
             on_start: None,
+            schedule: None,
         }
     }
 
@@ -193,6 +196,20 @@ impl Runner {
         self
     }
 
+    /// Runs the program in the schedule mode (see [`Schedule`]): its threads
+    /// one at a time, switching where the schedule decides, on virtual
+    /// clocks and seeded randomness, so that every run with the same
+    /// schedule and inputs does the same. [`run_file`](Self::run_file) and
+    /// [`run_bytes`](Self::run_bytes) compile the module for the schedule's
+    /// [granularity](Schedule::granularity); [`run_module`](Self::run_module)
+    /// needs one from [`compile_scheduled`](crate::compile_scheduled).
+    /// The run's [`ScheduleReport`](crate::ScheduleReport) appears in
+    /// [`Schedule::log`] when it ends.
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
     /// Compiles and runs the module in the file at `path`. Unless
     /// [`arg`](Self::arg) or [`args`](Self::args) gave the guest's
     /// arguments, its `argv[0]` is `path`, as `wasmtime run` has it.
@@ -223,7 +240,12 @@ impl Runner {
                 Engine::new(&config)?
             }
         };
-        let module = crate::rewrite::compile(&engine, bytes)?;
+        let module = match &self.schedule {
+            Some(schedule) => {
+                crate::rewrite::compile_scheduled(&engine, bytes, schedule.granularity_of())?
+            }
+            None => crate::rewrite::compile(&engine, bytes)?,
+        };
         self.run_prepared(&module)
     }
 
@@ -265,6 +287,9 @@ impl Runner {
         }
         if let Some(idle) = self.keep_alive {
             config = config.keep_alive(idle);
+        }
+        if let Some(schedule) = self.schedule {
+            config = config.schedule(schedule);
         }
         let threads = WasiThreads::with_config(&engine, compiled, config)?;
 

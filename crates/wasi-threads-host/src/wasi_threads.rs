@@ -13,6 +13,8 @@ use crate::program::stop::StopSignal;
 use crate::program::tid::TidAllocator;
 use crate::program::wait::{self, ParkingLot};
 use crate::rewrite::{CompiledModule, OffsetMap};
+use crate::schedule::Schedule;
+use crate::schedule::scheduler::Scheduler;
 use crate::wasi::{SharedWasi, Stdio};
 use crossbeam_channel::Receiver;
 use std::sync::{Arc, OnceLock};
@@ -49,6 +51,7 @@ pub struct ThreadsConfig<T: 'static> {
     keep_alive: Duration,
     max_memory: Option<u64>,
     store_setup: Option<StoreSetup<T>>,
+    schedule: Option<Schedule>,
 }
 
 impl<T: 'static> Default for ThreadsConfig<T> {
@@ -61,6 +64,7 @@ impl<T: 'static> Default for ThreadsConfig<T> {
             keep_alive: DEFAULT_KEEP_ALIVE,
             max_memory: None,
             store_setup: None,
+            schedule: None,
         }
     }
 }
@@ -131,6 +135,17 @@ impl<T: 'static> ThreadsConfig<T> {
     /// [`Runner::max_memory`](crate::Runner::max_memory) does.
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
+        self
+    }
+
+    /// Runs the program in the schedule mode: one thread at a time,
+    /// switching where `schedule` decides, with virtual clocks and seeded
+    /// `random_get` (see [`Schedule`]). The module must have been compiled
+    /// for it, with [`compile_scheduled`](crate::compile_scheduled).
+    /// [`WasiThreads::wasi`] then builds a context with the virtual clocks
+    /// and the seeded generator. Default: off.
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
         self
     }
 
@@ -211,6 +226,17 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         module: &CompiledModule,
         config: ThreadsConfig<T>,
     ) -> Result<Self> {
+        match (module.granularity(), &config.schedule) {
+            (None, Some(_)) => bail!(
+                "a schedule needs a module compiled for the schedule mode, with \
+                 `compile_scheduled`: this one was compiled with `compile`"
+            ),
+            (Some(_), None) => bail!(
+                "the module was compiled for the schedule mode (`compile_scheduled`): run it \
+                 with a `Schedule` (`ThreadsConfig::schedule`), or compile it with `compile`"
+            ),
+            _ => {}
+        }
         Self::prepare(
             engine,
             module.module(),
@@ -285,26 +311,44 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
         }
         let stop = StopSignal::new();
         let stop_flag = Arc::new(StopFlag::new(engine)?);
-        let parking = Arc::new(ParkingLot::new(stop.clone()));
+        let scheduler = config
+            .schedule
+            .as_ref()
+            .map(|schedule| Arc::new(Scheduler::new(schedule, MAIN_TID)));
+        let parking = Arc::new(ParkingLot::new(stop.clone(), scheduler.clone()));
         let tids = Arc::new(TidAllocator::new(config.max_threads));
         let lifecycle = {
-            let (stop, stop_flag, parking, tids) = (
+            let (stop, stop_flag, parking, tids, scheduler) = (
                 stop.clone(),
                 stop_flag.clone(),
                 parking.clone(),
                 tids.clone(),
+                scheduler.clone(),
             );
             // The stop fan-out, in the order threads look: the TID allocator
             // (spawns waiting at the limit), the signal (sleepers, futures),
-            // parked waiters, then running wasm, whose next check of the
-            // flag unwinds it.
+            // threads waiting for their turn in the schedule mode, parked
+            // waiters, then running wasm, whose next check of the flag
+            // unwinds it.
             Arc::new(Lifecycle::new(move || {
                 tids.close();
                 stop.trigger();
+                if let Some(scheduler) = &scheduler {
+                    scheduler.stop();
+                }
                 parking.wake_all();
                 stop_flag.raise();
             }))
         };
+        if let Some(scheduler) = &scheduler {
+            // Weak: the lifecycle's stop fan-out holds the scheduler.
+            let lifecycle = Arc::downgrade(&lifecycle);
+            scheduler.on_deadlock(move |blocked| {
+                if let Some(lifecycle) = lifecycle.upgrade() {
+                    lifecycle.end(Cause::Ended(Outcome::Deadlock { blocked }));
+                }
+            });
+        }
         let shared = Arc::new(Shared {
             engine: engine.clone(),
             module: module.clone(),
@@ -316,6 +360,7 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
             stop_flag,
             parking,
             entry_error,
+            scheduler,
             pool: WorkerPool::new(config.stack_size, config.keep_alive),
             store_setup: config.store_setup,
             offsets,
@@ -379,8 +424,16 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     /// any stdio `builder` was given (see [`Stdio`]). Put it in the store
     /// data; [`add_to_linker`](Self::add_to_linker) finds it there. Its
     /// blocking calls give up when the program stops.
-    pub fn wasi(&self, builder: WasiCtxBuilder, stdio: Stdio) -> SharedWasi {
-        SharedWasi::build(builder, stdio, self.stop_signal())
+    pub fn wasi(&self, mut builder: WasiCtxBuilder, stdio: Stdio) -> SharedWasi {
+        if let Some(scheduler) = &self.shared.scheduler {
+            crate::schedule::environment::virtualize(&mut builder, scheduler);
+        }
+        SharedWasi::build(
+            builder,
+            stdio,
+            self.stop_signal(),
+            self.shared.scheduler.clone(),
+        )
     }
 
     /// Defines in `linker`, next to whatever else the embedder defines
@@ -406,6 +459,9 @@ impl<T: Clone + Send + 'static> WasiThreads<T> {
     ) -> Result<()> {
         spawn::add_thread_spawn(linker, Arc::downgrade(&self.shared))?;
         self.shared.stop_flag.add_to_linker(linker, &store)?;
+        if let Some(scheduler) = &self.shared.scheduler {
+            crate::program::wait::add_schedule_to_linker(linker, scheduler)?;
+        }
         if let Some((import, memory)) = &self.memory {
             linker.define(&store, &import.module, &import.name, memory.clone())?;
             if self

@@ -184,17 +184,25 @@ pub enum Outcome {
     Cancelled,
     /// The program ran past its wall-clock limit.
     TimedOut,
+    /// In the schedule mode: every thread was blocked (waiting, joining,
+    /// sleeping) with nothing left that could wake it. Run normally, the
+    /// program would hang here.
+    Deadlock {
+        /// The blocked threads.
+        blocked: Vec<u32>,
+    },
 }
 
 impl Outcome {
     /// The exit status a command-line runner should use: the guest's code,
     /// 134 (128 + SIGABRT, as `wasmtime run` does) for a trap or a host
-    /// panic, and 124 (as `timeout(1)` does) for a time-out or cancellation.
+    /// panic, and 124 (as `timeout(1)` does) for a time-out, a cancellation
+    /// or a deadlock (a hang, had the program run normally).
     pub fn exit_status(&self) -> i32 {
         match self {
             Outcome::Exit { code, .. } => *code,
             Outcome::Trap { .. } | Outcome::HostPanic { .. } => 134,
-            Outcome::Cancelled | Outcome::TimedOut => 124,
+            Outcome::Cancelled | Outcome::TimedOut | Outcome::Deadlock { .. } => 124,
         }
     }
 }
@@ -209,6 +217,12 @@ impl fmt::Display for Outcome {
             }
             Outcome::Cancelled => f.write_str("cancelled by the embedder"),
             Outcome::TimedOut => f.write_str("timed out"),
+            Outcome::Deadlock { blocked } => {
+                write!(
+                    f,
+                    "deadlock: every thread is blocked for good (threads {blocked:?})"
+                )
+            }
         }
     }
 }

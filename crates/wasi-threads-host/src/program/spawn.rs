@@ -10,6 +10,8 @@ use super::stop::{StopSignal, Stopped};
 use super::tid::{AllocError, TidAllocator};
 use crate::errno::{EAGAIN, ENOSYS};
 use crate::rewrite::OffsetMap;
+use crate::schedule::Kind;
+use crate::schedule::scheduler::{Halted, Scheduler};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use std::any::Any;
@@ -45,6 +47,8 @@ pub(crate) struct Shared<T: 'static> {
     pub parking: Arc<super::wait::ParkingLot>,
     /// Why `wasi_thread_start` cannot be called, if it cannot.
     pub entry_error: Option<String>,
+    /// In the schedule mode, who runs when.
+    pub scheduler: Option<Arc<Scheduler>>,
     pub pool: WorkerPool,
     pub store_setup: Option<StoreSetup<T>>,
     /// How the rewrite moved the module's code, when the program was
@@ -140,6 +144,9 @@ impl<T: Clone + Send + 'static> Shared<T> {
         // Before the thread can run, so that its `Exited` comes after.
         log::debug!("thread {tid} spawned (start argument {start_arg:#x})");
         self.observe(ThreadEvent::Spawned { tid });
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.spawned(tid);
+        }
         let shared = self.clone();
         let job = Job {
             name,
@@ -150,6 +157,9 @@ impl<T: Clone + Send + 'static> Shared<T> {
         if let Err(job) = slot.run(job) {
             // The pool is shut down: the program ended and stopped waiting.
             drop(job);
+            if let Some(scheduler) = &self.scheduler {
+                scheduler.forget(tid);
+            }
             self.tids.release(tid);
             self.observe(ThreadEvent::Exited {
                 tid,
@@ -157,6 +167,9 @@ impl<T: Clone + Send + 'static> Shared<T> {
             });
             self.lifecycle.thread_ended(tid);
             return Err(Stopped.into());
+        }
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.point(Kind::Spawn).map_err(|Halted| Stopped)?;
         }
         Ok(tid as i32)
     }
@@ -183,10 +196,19 @@ impl<T: Clone + Send + 'static> Shared<T> {
             }
         };
         let instantiated = Cell::new(false);
-        let exit = catch_unwind(AssertUnwindSafe(|| {
-            self.run_entry(tid, entry, &instantiated, &guest_done)
-        }))
-        .unwrap_or_else(|payload| ThreadExit::HostPanic(panic_message(&*payload)));
+        // In the schedule mode, nothing of the thread runs before its turn:
+        // instantiation runs guest code (a start function's atomics).
+        let turn = match &self.scheduler {
+            Some(scheduler) => scheduler.enter(tid),
+            None => Ok(()),
+        };
+        let exit = match turn {
+            Ok(()) => catch_unwind(AssertUnwindSafe(|| {
+                self.run_entry(tid, entry, &instantiated, &guest_done)
+            }))
+            .unwrap_or_else(|payload| ThreadExit::HostPanic(panic_message(&*payload))),
+            Err(Halted) => ThreadExit::Stopped,
+        };
         guest_done();
         let cause = match &exit {
             // The main thread's instantiation trapped: the program could not
@@ -209,6 +231,10 @@ impl<T: Clone + Send + 'static> Shared<T> {
             self.lifecycle.end(cause);
         }
         self.observe(ThreadEvent::Exited { tid, exit });
+        if let Some(scheduler) = &self.scheduler {
+            // Its end is decided and reported: the next thread may run.
+            scheduler.exited(tid);
+        }
         self.lifecycle.thread_ended(tid);
     }
 

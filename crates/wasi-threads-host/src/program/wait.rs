@@ -34,7 +34,9 @@
 //! about twice as long as before (still half Wasmtime 36's).
 
 use super::stop::{StopSignal, Stopped};
-use crate::rewrite::{HOST_MODULE, NOTIFY, WAIT32, WAIT64};
+use crate::rewrite::{HOST_MODULE, NOTIFY, SCHED_POINT, SCHED_TICK, WAIT32, WAIT64};
+use crate::schedule::Kind;
+use crate::schedule::scheduler::{Halted, Scheduler};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +48,9 @@ use wasmtime::{Linker, Result, SharedMemory, Trap};
 pub(crate) struct ParkingLot {
     stop: StopSignal,
     table: Mutex<Table>,
+    /// In the schedule mode, waits and notifies are the scheduler's: a
+    /// waiter gives up its turn instead of parking its OS thread.
+    scheduler: Option<Arc<Scheduler>>,
 }
 
 #[derive(Default)]
@@ -140,10 +145,11 @@ fn holds(cell: Cell, expected: Expected) -> bool {
 }
 
 impl ParkingLot {
-    pub(crate) fn new(stop: StopSignal) -> Self {
+    pub(crate) fn new(stop: StopSignal, scheduler: Option<Arc<Scheduler>>) -> Self {
         ParkingLot {
             stop,
             table: Mutex::default(),
+            scheduler,
         }
     }
 
@@ -165,6 +171,12 @@ impl ParkingLot {
     fn wait(&self, cell: Cell, expected: Expected, timeout_ns: i64) -> Result<i32> {
         if self.stop.is_stopped() {
             return Err(Stopped.into());
+        }
+        if let Some(scheduler) = &self.scheduler {
+            return match scheduler.wait(cell.key, || holds(cell, expected), timeout_ns) {
+                Ok(result) => Ok(result as i32),
+                Err(Halted) => Err(Stopped.into()),
+            };
         }
         if timeout_ns == 0 {
             return Ok(if holds(cell, expected) { 2 } else { 1 });
@@ -236,6 +248,9 @@ impl ParkingLot {
     fn notify(&self, cell: Cell, count: u32) -> u32 {
         if count == 0 {
             return 0;
+        }
+        if let Some(scheduler) = &self.scheduler {
+            return scheduler.notify(cell.key, count);
         }
         let mut table = self.table();
         let Some(queue) = table.queues.get_mut(&cell.key) else {
@@ -363,9 +378,33 @@ pub(crate) fn add_to_linker<T: 'static>(
             let cell = guest_cell(&m, addr, offset, 4)?;
             // The count is unsigned; the result is at most the number of
             // threads, far below i32::MAX.
-            Ok(l.notify(cell, count as u32) as i32)
+            let woken = l.notify(cell, count as u32) as i32;
+            if let Some(scheduler) = &l.scheduler {
+                // After the notify, so that a woken thread may run next.
+                scheduler.point(Kind::Notify).map_err(|Halted| Stopped)?;
+            }
+            Ok(woken)
         },
     )?;
+    Ok(())
+}
+
+/// Defines the scheduling points a module compiled for the schedule mode
+/// imports: `sched.point(kind)` and `sched.tick() -> checks until the next`.
+pub(crate) fn add_schedule_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    scheduler: &Arc<Scheduler>,
+) -> Result<()> {
+    let s = scheduler.clone();
+    linker.func_wrap(HOST_MODULE, SCHED_POINT, move |kind: i32| -> Result<()> {
+        s.point(Kind::from_guest(kind)).map_err(|Halted| Stopped)?;
+        Ok(())
+    })?;
+    let s = scheduler.clone();
+    linker.func_wrap(HOST_MODULE, SCHED_TICK, move || -> Result<i32> {
+        s.point(Kind::Tick).map_err(|Halted| Stopped)?;
+        Ok(crate::schedule::TICK_CHECKS)
+    })?;
     Ok(())
 }
 
@@ -416,7 +455,7 @@ mod tests {
     #[test]
     fn notify_wakes_exactly_as_many_as_asked() {
         let memory = memory();
-        let lot = Arc::new(ParkingLot::new(StopSignal::new()));
+        let lot = Arc::new(ParkingLot::new(StopSignal::new(), None));
         let woken = Arc::new(AtomicUsize::new(0));
         let waiters: Vec<_> = (0..4)
             .map(|_| {
@@ -455,7 +494,7 @@ mod tests {
     #[test]
     fn results_for_mismatch_timeout_and_traps() {
         let memory = memory();
-        let lot = ParkingLot::new(StopSignal::new());
+        let lot = ParkingLot::new(StopSignal::new(), None);
         store(&memory, 64, 7);
         assert_eq!(
             lot.wait_at(&memory, 64, 0, Expected::U32(6), -1).unwrap(),
@@ -493,7 +532,7 @@ mod tests {
     fn stop_wakes_every_waiter_with_stopped() {
         let memory = memory();
         let stop = StopSignal::new();
-        let lot = Arc::new(ParkingLot::new(stop.clone()));
+        let lot = Arc::new(ParkingLot::new(stop.clone(), None));
         let waiters: Vec<_> = (0..8)
             .map(|i| {
                 let (lot, memory) = (lot.clone(), memory.clone());
@@ -524,8 +563,8 @@ mod tests {
     fn programs_on_different_memories_do_not_wake_each_other() {
         let (a, b) = (memory(), memory());
         let stop_a = StopSignal::new();
-        let lot_a = Arc::new(ParkingLot::new(stop_a.clone()));
-        let lot_b = Arc::new(ParkingLot::new(StopSignal::new()));
+        let lot_a = Arc::new(ParkingLot::new(stop_a.clone(), None));
+        let lot_b = Arc::new(ParkingLot::new(StopSignal::new(), None));
         let (l, m) = (lot_b.clone(), b.clone());
         let waiter = std::thread::spawn(move || l.wait_at(&m, 32, 0, Expected::U32(0), -1));
         while lot_b.registered() < 1 {
@@ -546,7 +585,7 @@ mod tests {
     #[test]
     fn a_wait_racing_a_store_and_notify_never_sleeps_forever() {
         let memory = memory();
-        let lot = Arc::new(ParkingLot::new(StopSignal::new()));
+        let lot = Arc::new(ParkingLot::new(StopSignal::new(), None));
         for round in 0..200u32 {
             let (l, m) = (lot.clone(), memory.clone());
             let waiter = std::thread::spawn(move || {
@@ -564,7 +603,7 @@ mod tests {
     #[test]
     fn an_embedder_notifier_wakes_a_parked_guest_waiter() {
         let memory = memory();
-        let lot = Arc::new(ParkingLot::new(StopSignal::new()));
+        let lot = Arc::new(ParkingLot::new(StopSignal::new(), None));
         let notifier = lot.notifier(&memory);
         let (l, m) = (lot.clone(), memory.clone());
         let waiter = std::thread::spawn(move || l.wait_at(&m, 40, 0, Expected::U32(0), -1));

@@ -65,9 +65,6 @@ mod unroll;
 
 pub use cache::{DEFAULT_CACHE_SIZE, ModuleCache};
 pub use offsets::{CompiledModule, OffsetMap};
-// `point_kind` is for the scheduler's host functions, which are not wired
-// to this module yet.
-#[allow(unused_imports)]
 pub use schedule::{Granularity, SCHED_POINT, SCHED_TICK, point_kind};
 
 use offsets::MapBuilder;
@@ -587,15 +584,14 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<CompiledModule> {
     compile_as(engine, bytes, None)
 }
 
-/// Compiles `bytes` for schedule mode (same as `compile` + the schedule instrumentation).
-///
-/// The module gets the scheduling points of `granularity` (see
-/// [`schedule`]) on top of everything [`compile`] adds, and imports
-/// [`SCHED_POINT`] and [`SCHED_TICK`] from [`HOST_MODULE`], which the
-/// instantiating host must define. A module [`compile`] would run as it is
-/// (one this host already rewrote) has no place left for them and is
-/// refused. [`CompiledModule::granularity`] tells the two kinds of module
-/// apart.
+/// Compiles `bytes` for the schedule mode ([`Schedule`](crate::Schedule)):
+/// everything [`compile`] adds, and the scheduling points of
+/// `granularity`, which call the host's scheduler.
+/// [`WasiThreads`](crate::WasiThreads) defines them when given a schedule
+/// ([`ThreadsConfig::schedule`](crate::ThreadsConfig::schedule)) and
+/// refuses such a module without one. A module this host already rewrote
+/// has no place left for them and is refused.
+/// [`CompiledModule::granularity`] tells the two kinds of module apart.
 pub fn compile_scheduled(
     engine: &Engine,
     bytes: &[u8],

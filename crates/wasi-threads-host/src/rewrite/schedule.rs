@@ -20,13 +20,18 @@
 
 use wasmparser::Operator;
 
-/// Where the schedule mode's scheduler may switch threads.
+/// Where the schedule mode's scheduler may switch threads (see
+/// [`Schedule`](crate::Schedule)), besides spawns, exits, waits, notifies
+/// and sleeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Granularity {
-    /// Before every atomic instruction on the shared memory, every WASI call, and every `TICK_INTERVAL`-th stop check.
-    /// (The interval is the host's: each [`SCHED_TICK`] returns the next one.)
+    /// Before every atomic instruction on the shared memory, every WASI
+    /// call, and every few dozen loop iterations or calls of guest work (a
+    /// tick every so many of the rewrite's stop checks).
     Atomics,
-    /// Also before every plain load and store (and memory.copy/fill/init) on the shared memory.
+    /// Also before every plain load and store (and `memory.copy`, `fill`,
+    /// `init`) on the shared memory: data races between non-atomic accesses
+    /// show too, at the price of a point per access.
     Accesses,
 }
 

@@ -49,6 +49,8 @@ use super::stdin::SharedStdin;
 use super::stdio::{SharedOutput, WriteFailed};
 use super::streams::Stdio;
 use crate::program::stop::{StopSignal, Stopped};
+use crate::schedule::Kind;
+use crate::schedule::scheduler::Scheduler;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -101,6 +103,9 @@ pub struct SharedWasi {
     /// the context, without its lock (see [`super::files`]).
     pub(crate) files: Arc<Files>,
     bypass: Bypass,
+    /// In the schedule mode: sleeps are virtual and yields are scheduling
+    /// points.
+    scheduler: Option<Arc<Scheduler>>,
 }
 
 /// The calls [`SharedWasi`] answers beside the context for speed, each of
@@ -410,10 +415,16 @@ impl SharedWasi {
     /// Builds the context from `builder` with `stdio`'s streams (see
     /// [`Stdio`]), to be shared by the threads of the program whose stop
     /// signal is `stop`.
-    pub(crate) fn build(mut builder: WasiCtxBuilder, stdio: Stdio, stop: StopSignal) -> Self {
+    pub(crate) fn build(
+        mut builder: WasiCtxBuilder,
+        stdio: Stdio,
+        stop: StopSignal,
+        scheduler: Option<Arc<Scheduler>>,
+    ) -> Self {
         stdio.apply(&mut builder);
         let (stdin, stdout, stderr) = stdio.into_parts();
         let mut wasi = Self::with_stop_signal(builder.build_p1(), stop);
+        wasi.scheduler = scheduler;
         wasi.stdin = stdin;
         wasi.stdout = stdout;
         wasi.stderr = stderr;
@@ -442,6 +453,7 @@ impl SharedWasi {
             stderr: None,
             stdio_moved: Arc::new(AtomicU8::new(0)),
             files: Arc::default(),
+            scheduler: None,
         }
     }
 
@@ -636,6 +648,7 @@ impl SharedWasi {
         events: GuestPtr<types::Event>,
     ) -> Result<types::Size, types::Error> {
         let started = Instant::now();
+        let started_virtual = self.scheduler.as_ref().map(|s| s.now_ns());
         // Absolute deadlines are on the context's own clocks (an embedder may
         // have replaced them); read them once.
         let mut remaining = Vec::with_capacity(plan.len());
@@ -666,14 +679,21 @@ impl SharedWasi {
             .flatten();
         let due = u32::try_from(plan.len()).map_err(|_| types::Errno::Inval)?;
         check_array(memory, events, due)?;
-        match &stdin {
-            None => {
+        match (&stdin, &self.scheduler) {
+            (None, Some(scheduler)) => {
+                // Virtual time: the scheduler runs the others meanwhile, or
+                // jumps to the deadline.
+                scheduler
+                    .sleep(shortest.unwrap_or(0))
+                    .map_err(|_| Self::stopped(Stopped))?;
+            }
+            (None, None) => {
                 let nanos = shortest.unwrap_or(0);
                 self.stop
                     .sleep(Duration::from_nanos(nanos))
                     .map_err(Self::stopped)?;
             }
-            Some(stdin) => {
+            (Some(stdin), _) => {
                 let timer = async {
                     match shortest {
                         Some(nanos) => tokio::time::sleep(Duration::from_nanos(nanos)).await,
@@ -686,7 +706,10 @@ impl SharedWasi {
                     .map_err(Self::stopped)?;
             }
         }
-        let elapsed = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let elapsed = match (started_virtual, &self.scheduler) {
+            (Some(then), Some(scheduler)) => scheduler.now_ns().saturating_sub(then),
+            _ => started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
+        };
         let available = stdin.as_ref().map(SharedStdin::buffered);
         let stdin_ready = stdin.is_some_and(|s| s.is_readable());
         let mut written: types::Size = 0;
@@ -1351,8 +1374,15 @@ impl WasiSnapshotPreview1 for SharedWasi {
     }
 
     fn sched_yield(&mut self, _memory: &mut GuestMemory<'_>) -> Result<(), types::Error> {
-        std::thread::yield_now();
-        Ok(())
+        match &self.scheduler {
+            Some(scheduler) => scheduler
+                .point(Kind::Yield)
+                .map_err(|_| Self::stopped(Stopped)),
+            None => {
+                std::thread::yield_now();
+                Ok(())
+            }
+        }
     }
 }
 
