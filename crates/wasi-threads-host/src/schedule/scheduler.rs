@@ -55,6 +55,9 @@ struct State {
     /// The thread that holds the turn.
     running: Option<u32>,
     threads: BTreeMap<u32, Slot>,
+    /// The runnable threads at the current point, refilled at each (kept to
+    /// spare an allocation per point).
+    runnable: Vec<u32>,
     policy: Box<dyn Policy>,
     step: u64,
     /// Virtual monotonic time, in nanoseconds.
@@ -111,6 +114,7 @@ impl Scheduler {
             state: Mutex::new(State {
                 running: Some(main),
                 threads,
+                runnable: Vec::new(),
                 policy,
                 step: 0,
                 now: 0,
@@ -308,6 +312,20 @@ impl Scheduler {
             deadlocked: s.deadlocked,
         };
         drop(s);
+        log::debug!(
+            "schedule: {} points, {} switches ({} preemptions), {} forced decisions, {} ms of \
+             virtual time{}",
+            report.steps,
+            report.switches,
+            report.preemptions,
+            report.trace.len(),
+            report.virtual_time_ns / 1_000_000,
+            if report.deadlocked {
+                ", deadlocked"
+            } else {
+                ""
+            }
+        );
         self.log.set(report);
     }
 
@@ -315,8 +333,8 @@ impl Scheduler {
     /// the thread at the point if it can go on. Returns the blocked threads
     /// if none can run, ever: a deadlock.
     fn hand_on(&self, s: &mut State, current: Option<u32>, kind: Kind) -> Option<Vec<u32>> {
-        let mut runnable = s.runnable();
-        if runnable.is_empty() {
+        s.refill_runnable();
+        if s.runnable.is_empty() {
             // Nobody can run: the earliest deadline is what happens next.
             let next = s
                 .threads
@@ -329,7 +347,7 @@ impl Scheduler {
             match next {
                 Some(deadline) => {
                     s.now = s.now.max(deadline);
-                    runnable = s.runnable();
+                    s.refill_runnable();
                 }
                 None => {
                     s.running = None;
@@ -342,13 +360,16 @@ impl Scheduler {
             }
         }
         let step = s.step;
-        let chosen = s.policy.choose(step, current, &runnable, kind);
+        let state = &mut *s;
+        let runnable = &state.runnable;
+        let chosen = state.policy.choose(step, current, runnable, kind);
+        let default = policy::default_choice(current, runnable);
         let chosen = if runnable.contains(&chosen) {
             chosen
         } else {
-            policy::default_choice(current, &runnable)
+            default
         };
-        if chosen != policy::default_choice(current, &runnable) {
+        if chosen != default {
             if s.trace.len() < MAX_TRACE {
                 s.trace.push(Switch { step, tid: chosen });
             } else {
@@ -401,11 +422,12 @@ impl Scheduler {
 }
 
 impl State {
-    /// The runnable threads, in TID order, after waking every waiter whose
-    /// deadline has passed.
-    fn runnable(&mut self) -> Vec<u32> {
+    /// Finds the runnable threads, in TID order, after waking every waiter
+    /// whose deadline has passed.
+    fn refill_runnable(&mut self) {
         let now = self.now;
-        let mut runnable = Vec::new();
+        let runnable = &mut self.runnable;
+        runnable.clear();
         for (&tid, slot) in self.threads.iter_mut() {
             if let Status::Blocked {
                 deadline: Some(d), ..
@@ -419,7 +441,6 @@ impl State {
                 runnable.push(tid);
             }
         }
-        runnable
     }
 }
 
