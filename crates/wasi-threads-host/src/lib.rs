@@ -45,6 +45,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`Runner::schedule`] runs a program's threads one at a time on a seeded
+//! [`Schedule`], so that every interleaving replays exactly, and
+//! [`explore()`] searches many schedules for one that makes a program fail
+//! (see `docs/schedule.md`).
+//!
 //! [`WasiThreads`] is the embedding API underneath [`Runner`], for your own
 //! [`wasmtime::Linker`], store data and host functions; its documentation
 //! has an example.
@@ -73,6 +78,7 @@
 #[cfg(not(any(feature = "cranelift", feature = "winch")))]
 compile_error!("wasi-threads-host needs a compiler: enable its `cranelift` or `winch` feature");
 
+mod explore;
 mod program;
 mod rewrite;
 mod runner;
@@ -102,10 +108,10 @@ pub use rewrite::{
     compile_scheduled,
 };
 // For the differential fuzzer (crates/rewrite-diff); not part of the API.
+pub use explore::{Explore, ExploreReport, Failure, Mix, Run, explore};
 #[doc(hidden)]
 pub use rewrite::{rewrite, rewrite_with_map};
 pub use runner::Runner;
-pub use schedule::explore::{Explore, ExploreReport, Failure, Mix, Run, explore};
 pub use schedule::{
     DEFAULT_PCT_DEPTH, DEFAULT_PCT_LENGTH, Schedule, ScheduleLog, ScheduleReport, Strategy, Switch,
     Trace, TraceParseError, VIRTUAL_EPOCH_SECS,
@@ -122,6 +128,12 @@ pub use wasi_threads::{
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The schedule mode's guide (`docs/schedule.md`), its example compiled as a
+/// doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/schedule.md")]
+pub struct ScheduleDoctests;
 
 /// The lifecycle core, the pool's idle count and an adopted file's protocol,
 /// exposed only to the model checks in `tests/lifecycle_model.rs` and

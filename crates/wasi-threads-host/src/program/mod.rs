@@ -17,7 +17,8 @@
 //!   a stop can wake a waiter; `memory`: the one shared memory.
 //!
 //! What it may use: the rewrite's import names and offset map
-//! ([`crate::rewrite`]) and [`crate::sync`]. What it must not: the WASI
+//! ([`crate::rewrite`]), the schedule mode's scheduler
+//! ([`crate::schedule`], at spawns, exits and waits) and [`crate::sync`]. What it must not: the WASI
 //! layer ([`crate::wasi`]), which builds on this part's stop signal, never
 //! the other way round, or the API on top ([`crate::WasiThreads`],
 //! [`crate::Runner`]).

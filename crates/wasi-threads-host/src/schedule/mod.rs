@@ -9,14 +9,14 @@
 //!   virtual time and deadlock detection;
 //! - `policy`: who runs next ([`Strategy`]: uniform random, PCT, or the
 //!   replay of a [`Trace`]), and the seeded generator behind them;
-//! - `environment`: the clocks and random bytes a scheduled program sees;
-//! - `explore`: runs many seeds, shrinks a failing schedule, and says how
-//!   to replay it ([`explore()`](explore::explore)).
+//! - `environment`: the clocks and random bytes a scheduled program sees.
 //!
-//! It is a leaf: it knows nothing of Wasmtime stores, the WASI layer or
-//! the program's lifecycle. [`crate::program`] calls it at spawns, exits,
-//! waits and the points the [rewrite](crate::rewrite) inserts; the WASI
-//! layer for sleeps, yields, clocks and `random_get`.
+//! It knows nothing of Wasmtime stores, the WASI layer or the program's
+//! lifecycle: [`crate::program`] calls it at spawns, exits, waits and the
+//! points the [rewrite](crate::rewrite) inserts (whose point kinds and
+//! [`Granularity`](crate::Granularity) are all it uses of the rewrite); the
+//! WASI layer for sleeps, yields, clocks and `random_get`. Exploring many
+//! schedules ([`crate::explore()`]) sits on top, beside the `Runner`.
 //!
 //! # What a schedule guarantees, and what it does not
 //!
@@ -40,7 +40,6 @@
 //! on clocks alone) waits in real time.
 
 pub(crate) mod environment;
-pub(crate) mod explore;
 pub(crate) mod policy;
 pub(crate) mod scheduler;
 

@@ -15,12 +15,11 @@
 //!   written without the lock, each write whole) and [`SharedStdin`](crate::SharedStdin)
 //!   (`stdin`, input awaited before the lock is taken).
 //!
-//! What it may use: the program's stop signal and [`WasiThreads`]
-//! (the crate's `program` part), and `sync`. What it must not: the rewrite,
+//! What it may use: the program's stop signal (the crate's `program` part),
+//! the schedule mode's scheduler (virtual sleeps, `sched_yield` as a
+//! scheduling point), and `sync`. What it must not: the rewrite,
 //! or the program's lifecycle: a WASI call learns of a stop only through the
 //! stop signal.
-//!
-//! [`WasiThreads`]: crate::WasiThreads
 
 #[cfg(target_os = "linux")]
 mod fifo;

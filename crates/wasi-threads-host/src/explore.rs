@@ -2,14 +2,17 @@
 //! that schedule shrunk to the fewest switches that still fail, and the
 //! one line that replays it.
 //!
+//! It sits on top of the schedule mode ([`crate::schedule`]) and of the
+//! program's [`Outcome`], beside [`Runner`](crate::Runner).
+//!
 //! The explorer does not run programs itself: it calls the embedder's
 //! `run` with a [`Schedule`] and looks at the [`Run`] it returns, so that
 //! how a program is run (a [`Runner`](crate::Runner), a
 //! [`WasiThreads`](crate::WasiThreads) with the embedder's own host
 //! functions, a child process) is the caller's choice.
 
-use super::{DEFAULT_PCT_DEPTH, Schedule, ScheduleReport, Strategy, Trace};
 use crate::program::Outcome;
+use crate::schedule::{DEFAULT_PCT_DEPTH, Schedule, ScheduleReport, Strategy, Trace};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::{Result, bail};
@@ -206,7 +209,7 @@ pub fn explore(
     // The first seed alone: its stdout is the reference, and its length
     // what PCT spreads its priority changes over.
     let first = config.first_seed;
-    let probe = config.schedule(first, super::DEFAULT_PCT_LENGTH);
+    let probe = config.schedule(first, crate::schedule::DEFAULT_PCT_LENGTH);
     let first_run = run(probe.clone())?;
     let steps = first_run.report.as_ref().map_or(0, |r| r.steps);
     let length = steps.max(100);
