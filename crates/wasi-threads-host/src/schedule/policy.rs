@@ -99,6 +99,8 @@ struct Pct {
     streak: u64,
 }
 
+/// At most this many priority change points (a depth of 1 + this).
+const MAX_PCT_CHANGES: u64 = 1024;
 /// Priorities given at spawn are above this; those of demoted threads
 /// below.
 const PCT_BASE: u64 = 1 << 62;
@@ -110,7 +112,9 @@ const PCT_STREAK_LIMIT: u64 = 20_000;
 impl Pct {
     fn new(mut rng: SplitMix64, depth: u32, length: u64) -> Self {
         let mut change_points = BTreeMap::new();
-        let changes = u64::from(depth.saturating_sub(1));
+        // Bounded: the depth is the user's to choose, and a depth beyond a
+        // few dozen is no longer PCT but random switching.
+        let changes = u64::from(depth.saturating_sub(1)).min(MAX_PCT_CHANGES);
         for i in 0..changes {
             let step = 1 + rng.below(length.max(1));
             // Later change points drop the thread lower still.
@@ -220,6 +224,12 @@ mod tests {
         assert_eq!(pct.choose(101, Some(first), &[1, 2], Kind::Atomic), first);
         let (&step, _) = pct.change_points.iter().next().expect("one change point");
         assert_eq!(pct.choose(step, Some(first), &[1, 2], Kind::Atomic), other);
+    }
+
+    #[test]
+    fn an_absurd_depth_is_bounded() {
+        let pct = Pct::new(SplitMix64::new(1), u32::MAX, u64::MAX);
+        assert!(pct.change_points.len() as u64 <= MAX_PCT_CHANGES);
     }
 
     #[test]
