@@ -107,6 +107,8 @@ pub use rewrite::{
     CompiledModule, DEFAULT_CACHE_SIZE, Granularity, ModuleCache, OffsetMap, compile,
     compile_scheduled,
 };
+#[cfg(feature = "function-cache")]
+pub use rewrite::{DEFAULT_FUNCTION_CACHE_SIZE, FunctionCache, FunctionCacheStats};
 // For the differential fuzzer (crates/rewrite-diff); not part of the API.
 pub use explore::{Explore, ExploreReport, Failure, Mix, Run, explore};
 #[doc(hidden)]

@@ -56,6 +56,8 @@
 mod cache;
 mod checks;
 mod dwarf;
+#[cfg(feature = "function-cache")]
+mod function_cache;
 mod offsets;
 mod parallel;
 mod schedule;
@@ -64,6 +66,8 @@ mod schedule_tests;
 mod unroll;
 
 pub use cache::{DEFAULT_CACHE_SIZE, ModuleCache};
+#[cfg(feature = "function-cache")]
+pub use function_cache::{DEFAULT_FUNCTION_CACHE_SIZE, FunctionCache, FunctionCacheStats};
 pub use offsets::{CompiledModule, OffsetMap};
 pub use schedule::{Granularity, SCHED_POINT, SCHED_TICK, point_kind};
 
