@@ -22,7 +22,11 @@ use std::time::Duration;
 /// Compiled modules are cached in $XDG_CACHE_HOME/wasi-threads/modules
 /// (default ~/.cache/wasi-threads/modules), at most 512 MiB: the least
 /// recently used entries are removed beyond it (WASI_THREADS_CACHE_SIZE sets
-/// another bound, e.g. 2GiB; --no-cache turns the cache off).
+/// another bound, e.g. 2GiB). Compiled functions are cached beside it, in
+/// .../wasi-threads/functions, so that a module's first run reuses what
+/// other modules with the same functions compiled (a test suite's binaries
+/// share most of theirs): at most 256 MiB, least recently used removed
+/// first (WASI_THREADS_FUNCTION_CACHE_SIZE). --no-cache turns both off.
 ///
 /// Logs go to stderr: WASI_THREADS_LOG sets their level, as WASMTIME_LOG does
 /// for wasmtime (default `warn`; `debug` shows spawns, exits, the stop and

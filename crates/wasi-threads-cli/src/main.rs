@@ -12,6 +12,20 @@ use wasi_threads_host::{
 };
 use wasmtime::error::Context as _;
 
+#[cfg(feature = "function-cache")]
+use wasi_threads_host::FunctionCache;
+/// A stand-in, so that `engine`'s callers read the same in a build without
+/// the function cache.
+#[cfg(not(feature = "function-cache"))]
+enum FunctionCache {}
+
+#[cfg(not(feature = "function-cache"))]
+impl FunctionCache {
+    fn enable(&self, _: &mut wasmtime::Config) -> wasmtime::Result<()> {
+        match *self {}
+    }
+}
+
 /// The most output of one explored run kept in memory (a run that writes
 /// more gets ENOSPC past it, as on a full disk).
 const EXPLORE_OUTPUT_LIMIT: usize = 64 << 20;
@@ -108,7 +122,7 @@ fn run(
         check_dir(host)
             .with_context(|| format!("failed to open directory '{}'", host.display()))?;
     }
-    let engine = engine(&options, no_cache)?;
+    let (engine, functions) = engine(&options, no_cache)?;
     let path = std::path::Path::new(&cli.module_and_args[0]);
     let bytes = std::fs::read(path)
         .with_context(|| format!("failed to open wasm module \"{}\"", path.display()))?;
@@ -125,6 +139,7 @@ fn run(
             None => wasi_threads_host::compile(&engine, &bytes),
         }
         .with_context(cannot_run)?;
+        flush(functions.as_ref());
         return runner(&cli, &options, &engine)
             .run_module(&guest)
             .with_context(cannot_run);
@@ -134,6 +149,7 @@ fn run(
         None => wasi_threads_host::compile_scheduled(&engine, &bytes, spec.granularity),
     }
     .with_context(cannot_run)?;
+    flush(functions.as_ref());
     match cli.explore {
         None => runner(&cli, &options, &engine)
             .schedule(spec.schedule(trace))
@@ -203,8 +219,12 @@ fn explore(
     ))
 }
 
-/// The engine the command line asks for.
-fn engine(options: &options::Options, no_cache: bool) -> wasmtime::Result<wasmtime::Engine> {
+/// The engine the command line asks for, and the function cache it
+/// compiles with (to be flushed once the module is compiled).
+fn engine(
+    options: &options::Options,
+    no_cache: bool,
+) -> wasmtime::Result<(wasmtime::Engine, Option<FunctionCache>)> {
     let mut config = wasi_threads_host::engine_config();
     // Wasmtime's own cache only when asked for by -C cache-config: the
     // module cache below holds the same compiled code (and more).
@@ -246,7 +266,14 @@ fn engine(options: &options::Options, no_cache: bool) -> wasmtime::Result<wasmti
             .max_wasm_stack(bytes)
             .async_stack_size(bytes.max(2 << 20));
     }
-    wasmtime::Engine::new(&config)
+    // Functions a module shares with modules compiled before (a suite's
+    // other test binaries) come from the function cache. Its keys include
+    // the compiler's settings, so entries never cross opt levels or targets.
+    let functions = if no_cache { None } else { function_cache()? };
+    if let Some(functions) = &functions {
+        functions.enable(&mut config)?;
+    }
+    Ok((wasmtime::Engine::new(&config)?, functions))
 }
 
 /// A runner set up as the command line asks (one per run: `--explore`
@@ -340,11 +367,54 @@ impl std::error::Error for TextError {}
 /// cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), as Wasmtime keeps
 /// its own.
 fn module_cache_dir() -> Option<std::path::PathBuf> {
+    Some(cache_base_dir()?.join("modules"))
+}
+
+/// The directory of both caches: `$XDG_CACHE_HOME/wasi-threads`, else
+/// `~/.cache/wasi-threads`.
+fn cache_base_dir() -> Option<std::path::PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
-    Some(base.join("wasi-threads").join("modules"))
+    Some(base.join("wasi-threads"))
+}
+
+/// The function cache beside the module cache, bounded by
+/// WASI_THREADS_FUNCTION_CACHE_SIZE; `None` in a build without it.
+#[cfg(feature = "function-cache")]
+fn function_cache() -> wasmtime::Result<Option<FunctionCache>> {
+    let size = match std::env::var("WASI_THREADS_FUNCTION_CACHE_SIZE") {
+        Ok(size) => cli::parse_size(&size)
+            .map_err(|e| wasmtime::format_err!("WASI_THREADS_FUNCTION_CACHE_SIZE: {e}"))?,
+        Err(_) => wasi_threads_host::DEFAULT_FUNCTION_CACHE_SIZE,
+    };
+    Ok(cache_base_dir().map(|dir| FunctionCache::new(dir.join("functions")).max_size(size)))
+}
+
+#[cfg(not(feature = "function-cache"))]
+fn function_cache() -> wasmtime::Result<Option<FunctionCache>> {
+    Ok(None)
+}
+
+/// Writes what the compile added to the function cache. A cache that
+/// cannot be written costs the next run its hits, not this one its result.
+fn flush(functions: Option<&FunctionCache>) {
+    #[cfg(feature = "function-cache")]
+    if let Some(functions) = functions {
+        if let Err(e) = functions.flush() {
+            log::debug!("cannot write the function cache: {e:#}");
+        }
+        let stats = functions.stats();
+        log::debug!(
+            "function cache: {} hits, {} misses, {} entries written",
+            stats.hits,
+            stats.misses,
+            stats.written
+        );
+    }
+    #[cfg(not(feature = "function-cache"))]
+    let _ = functions;
 }
 
 /// `--help` and `--version` print and succeed; any other parse error is
