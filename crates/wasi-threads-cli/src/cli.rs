@@ -133,8 +133,9 @@ pub struct Cli {
 
     /// Run the program under K schedules (seeds from `--schedule`'s, PCT
     /// and random by turns, several at once), stop at the first that fails
-    /// (non-zero exit, trap, deadlock, timeout), shrink it, and print the
-    /// command that replays it. Exit status: the failing run's, else 0.
+    /// (non-zero exit, trap, deadlock, timeout: `--timeout`, else 5 minutes
+    /// a run), shrink it, and print the command that replays it. Exit
+    /// status: the failing run's, else 0.
     #[arg(long, value_name = "K")]
     pub explore: Option<u64>,
 

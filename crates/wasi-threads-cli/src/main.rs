@@ -26,6 +26,11 @@ impl FunctionCache {
     }
 }
 
+/// The wall-clock limit of each explored run when `--timeout` gives none: a
+/// schedule that livelocks the program (or a thread blocked in a real read)
+/// is a failure to report, not a hang of the whole exploration.
+const EXPLORE_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The most output of one explored run kept in memory (a run that writes
 /// more gets ENOSPC past it, as on a full disk).
 const EXPLORE_OUTPUT_LIMIT: usize = 64 << 20;
@@ -187,10 +192,11 @@ fn explore(
             .stdout(stdout)
             .stderr(stderr);
         let (seed, log) = (schedule.seed(), schedule.log());
-        let outcome = runner(cli, options, engine)
-            .stdio(stdio)
-            .schedule(schedule)
-            .run_module(guest)?;
+        let mut runner = runner(cli, options, engine);
+        if cli.timeout.or(options.timeout).is_none() {
+            runner = runner.timeout(EXPLORE_RUN_TIMEOUT);
+        }
+        let outcome = runner.stdio(stdio).schedule(schedule).run_module(guest)?;
         let run = Run {
             outcome,
             stdout: out.contents(),
