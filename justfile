@@ -46,6 +46,14 @@ rg-bench *args:
 tokio *targets:
     nice -n 10 .ci/tokio-suite {{targets}}
 
+# The real-crate proof of issue 31: spin's own tests with a check-then-act
+# bug put back in `Once` (patch held in the script), explored as cargo's
+# runner (`wasi-threads --explore K`): must fail, its replay command must
+# fail identically 20/20; the unpatched crate must pass. Sizes from the
+# environment: K_BUG, K_OK, K_SUITE, REPLAYS, NORMAL, NORMAL_SUITE.
+race-proof:
+    nice -n 10 .ci/race-proof
+
 # Each optional feature of the library alone, on top of a compiler (read from
 # the manifest's [features] table, so a new feature is covered).
 features:
