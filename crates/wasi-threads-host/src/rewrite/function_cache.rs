@@ -19,7 +19,8 @@
 //! renamed into place, so a reader (in this process or another) sees it
 //! whole or not at all, and packs are never changed after that. The index
 //! of every pack is read at the first lookup (64 bytes an entry); a hit
-//! reads its entry with one positioned read and checks its length, key and
+//! opens its pack (once: packs are closed again at the flush) and reads its
+//! entry with one positioned read, then checks its length, key and
 //! BLAKE3 checksum. An entry or pack that fails any check is a miss (and
 //! Cranelift itself refuses an entry of another version of itself), never
 //! a panic or wrong code.
@@ -35,8 +36,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 use wasmtime::{CacheStore, Config, Result};
 
@@ -125,8 +126,18 @@ struct Pending {
 
 #[derive(Debug, Default)]
 struct Index {
-    packs: Vec<(PathBuf, File)>,
+    packs: Vec<Pack>,
     entries: HashMap<[u8; 32], Location>,
+}
+
+/// A pack, opened at its first hit and closed at the next flush: a cache
+/// of hundreds of packs must not hold hundreds of descriptors while the
+/// guest runs (its own `open`s would fail).
+#[derive(Debug)]
+struct Pack {
+    path: PathBuf,
+    /// `None` once opening failed (another process evicted it).
+    file: OnceLock<Option<File>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,9 +206,12 @@ impl FunctionCache {
             overflowed,
             ..
         } = std::mem::take(&mut *inner.pending.lock());
-        if let Some(index) = &*inner.index.read() {
+        if let Some(index) = &mut *inner.index.write() {
+            for pack in &mut index.packs {
+                pack.file = OnceLock::new();
+            }
             for pack in used_packs {
-                let Some((path, _)) = index.packs.get(pack as usize) else {
+                let Some(Pack { path, .. }) = index.packs.get(pack as usize) else {
                     continue;
                 };
                 // Its last use, for the eviction order.
@@ -233,7 +247,7 @@ impl FunctionCache {
         // The next module this cache compiles (in this process) finds them.
         if let Some(index) = &mut *inner.index.write() {
             match read_pack_index(&path) {
-                Ok((file, entries)) => index.add(path, file, entries),
+                Ok(entries) => index.add(path, entries),
                 Err(e) => log::debug!("function cache pack {}: {e}", path.display()),
             }
         }
@@ -255,8 +269,13 @@ impl FunctionCache {
         let hash = key_hash(key);
         let read = self.with_index(|index| {
             let location = *index.entries.get(&hash)?;
-            let (path, file) = index.packs.get(location.pack as usize)?;
-            Some((location, read_entry(file, &location, key), path.clone()))
+            let pack = index.packs.get(location.pack as usize)?;
+            let file = pack.file.get_or_init(|| File::open(&pack.path).ok());
+            let read = match file {
+                Some(file) => read_entry(file, &location, key),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            };
+            Some((location, read, pack.path.clone()))
         });
         let (location, read, path) = read?;
         match read {
@@ -394,7 +413,7 @@ fn load_index(dir: &Path) -> Index {
     names.sort();
     for path in names {
         match read_pack_index(&path) {
-            Ok((file, entries)) => index.add(path, file, entries),
+            Ok(entries) => index.add(path, entries),
             Err(e) => log::debug!("function cache pack {}: {e}", path.display()),
         }
     }
@@ -404,11 +423,12 @@ fn load_index(dir: &Path) -> Index {
 impl Index {
     /// Adds a pack's entries; an entry already indexed keeps its first
     /// location.
-    fn add(&mut self, path: PathBuf, file: File, entries: Vec<([u8; 32], Location)>) {
+    fn add(&mut self, path: PathBuf, entries: Vec<([u8; 32], Location)>) {
         let Ok(pack) = u32::try_from(self.packs.len()) else {
             return;
         };
-        self.packs.push((path, file));
+        let file = OnceLock::new();
+        self.packs.push(Pack { path, file });
         for (hash, mut location) in entries {
             location.pack = pack;
             self.entries.entry(hash).or_insert(location);
@@ -416,9 +436,7 @@ impl Index {
     }
 }
 
-type PackIndex = (File, Vec<([u8; 32], Location)>);
-
-fn read_pack_index(path: &Path) -> std::io::Result<PackIndex> {
+fn read_pack_index(path: &Path) -> std::io::Result<Vec<([u8; 32], Location)>> {
     use std::io::{Error, ErrorKind};
     let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
     let file = File::open(path)?;
@@ -464,7 +482,7 @@ fn read_pack_index(path: &Path) -> std::io::Result<PackIndex> {
         };
         entries.push((hash, location));
     }
-    Ok((file, entries))
+    Ok(entries)
 }
 
 /// The value of the entry at `location`, if its key is `key` and its
