@@ -26,7 +26,8 @@ use std::time::Duration;
 /// .../wasi-threads/functions, so that a module's first run reuses what
 /// other modules with the same functions compiled (a test suite's binaries
 /// share most of theirs): at most 256 MiB, least recently used removed
-/// first (WASI_THREADS_FUNCTION_CACHE_SIZE). --no-cache turns both off.
+/// first (WASI_THREADS_FUNCTION_CACHE_SIZE; 0 turns it off). --no-cache
+/// turns both off.
 ///
 /// Logs go to stderr: WASI_THREADS_LOG sets their level, as WASMTIME_LOG does
 /// for wasmtime (default `warn`; `debug` shows spawns, exits, the stop and
