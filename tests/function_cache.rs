@@ -202,6 +202,16 @@ fn corrupt_packs_are_misses() {
         // Only entries that pass every check can hit.
         assert!(stats.misses > 0, "{what}: {stats:?}");
     }
+    // The flush after a damaged entry was found removes its pack.
+    std::fs::write(&pack, flip(&good, len - 5)).unwrap();
+    let cache = FunctionCache::new(&dir);
+    assert_runs(&engine(&cache), &second());
+    assert!(cache.stats().corrupt > 0);
+    cache.flush().unwrap();
+    assert!(!pack.exists());
+    for other in packs(&dir) {
+        std::fs::remove_file(other).unwrap();
+    }
     // A whole pack again: hits again.
     std::fs::write(&pack, &good).unwrap();
     let cache = FunctionCache::new(&dir);

@@ -119,6 +119,8 @@ struct Pending {
     bytes: u64,
     /// Indices into [`Index::packs`].
     used_packs: HashSet<u32>,
+    /// Packs an entry of which failed its checks (indices likewise).
+    corrupt_packs: HashSet<u32>,
     /// A buffer that outgrew the bound: the rest of this compile is not
     /// cached.
     overflowed: bool,
@@ -203,6 +205,7 @@ impl FunctionCache {
         let Pending {
             entries,
             used_packs,
+            corrupt_packs,
             overflowed,
             ..
         } = std::mem::take(&mut *inner.pending.lock());
@@ -210,8 +213,18 @@ impl FunctionCache {
             for pack in &mut index.packs {
                 pack.file = OnceLock::new();
             }
-            for pack in used_packs {
-                let Some(Pack { path, .. }) = index.packs.get(pack as usize) else {
+            // A damaged pack goes: its entry would stay a miss in every
+            // later process (the first pack in name order wins a key), while
+            // this compile's pack holds the function again. Its other
+            // functions are compiled again once, then hit.
+            for pack in &corrupt_packs {
+                if let Some(Pack { path, .. }) = index.packs.get(*pack as usize) {
+                    log::debug!("removing damaged pack {}", path.display());
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            for pack in used_packs.difference(&corrupt_packs) {
+                let Some(Pack { path, .. }) = index.packs.get(*pack as usize) else {
                     continue;
                 };
                 // Its last use, for the eviction order.
@@ -285,6 +298,7 @@ impl FunctionCache {
             }
             Err(e) => {
                 inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                inner.pending.lock().corrupt_packs.insert(location.pack);
                 log::debug!("function cache entry in {}: {e}", path.display());
                 None
             }
