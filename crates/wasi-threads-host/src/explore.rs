@@ -15,6 +15,7 @@ use crate::program::Outcome;
 use crate::schedule::{DEFAULT_PCT_DEPTH, Schedule, ScheduleReport, Strategy, Trace};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use wasmtime::{Result, bail};
 
 /// What one scheduled run of a program gave.
@@ -52,12 +53,13 @@ pub struct Explore {
     jobs: usize,
     compare_stdout: bool,
     shrink_runs: u64,
+    shrink_time: Duration,
     granularity: crate::Granularity,
 }
 
 impl Explore {
     /// `runs` seeds from 0, PCT and random by turns, on every core,
-    /// shrinking a failure with up to 200 more runs.
+    /// shrinking a failure with up to 1000 more runs in up to a minute.
     pub fn new(runs: u64) -> Self {
         Explore {
             runs,
@@ -66,7 +68,8 @@ impl Explore {
             depth: DEFAULT_PCT_DEPTH,
             jobs: std::thread::available_parallelism().map_or(1, usize::from),
             compare_stdout: false,
-            shrink_runs: 200,
+            shrink_runs: 1000,
+            shrink_time: Duration::from_secs(60),
             granularity: crate::Granularity::Atomics,
         }
     }
@@ -105,6 +108,15 @@ impl Explore {
     /// found).
     pub fn shrink_runs(mut self, runs: u64) -> Self {
         self.shrink_runs = runs;
+        self
+    }
+
+    /// At most this long shrinking a failing schedule (a slow program's
+    /// 1000 runs could otherwise take long): what shrinking found by then is
+    /// what is reported, so the printed trace may differ between two
+    /// explorations of a slow program; it replays the failure either way.
+    pub fn shrink_time(mut self, limit: Duration) -> Self {
+        self.shrink_time = limit;
         self
     }
 
@@ -337,7 +349,11 @@ fn shrink(
         .map(|r| r.trace.clone())
         .unwrap_or_default();
     let mut budget = config.shrink_runs;
+    let deadline = Instant::now().checked_add(config.shrink_time);
     let attempt = |trace: &Trace, budget: &mut u64| -> Option<Run> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            *budget = 0;
+        }
         if *budget == 0 {
             return None;
         }

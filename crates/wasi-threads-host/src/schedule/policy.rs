@@ -43,9 +43,17 @@ impl SplitMix64 {
 /// Decides which runnable thread runs at each scheduling point.
 pub(crate) trait Policy: Send {
     /// `runnable` is sorted and not empty; `current` is the thread that
-    /// reached the point if it can go on (it is then in `runnable`). The
-    /// answer must be one of `runnable`.
-    fn choose(&mut self, step: u64, current: Option<u32>, runnable: &[u32], kind: Kind) -> u32;
+    /// reached the point if it can go on (it is then in `runnable`);
+    /// `default` is what [`default_choice`] says. The answer must be one of
+    /// `runnable`.
+    fn choose(
+        &mut self,
+        step: u64,
+        current: Option<u32>,
+        runnable: &[u32],
+        kind: Kind,
+        default: u32,
+    ) -> u32;
 
     /// Thread `tid` now exists.
     fn spawned(&mut self, _tid: u32) {}
@@ -60,11 +68,31 @@ pub(crate) fn new(strategy: &Strategy, rng: SplitMix64) -> Box<dyn Policy> {
     }
 }
 
+/// How many points in a row a thread keeps the turn by default while
+/// another could run; then the next runs, as after an OS time slice.
+pub(crate) const DEFAULT_SLICE: u64 = 1_000;
+
 /// What runs when no decision says otherwise: the thread that reached the
-/// point, or, when it cannot go on, the lowest runnable TID. A
-/// [`Trace`] records only the decisions that differ from this.
-pub(crate) fn default_choice(current: Option<u32>, runnable: &[u32]) -> u32 {
+/// point goes on, unless it yields or has had the turn for
+/// [`DEFAULT_SLICE`] points while others waited (then the next runnable TID
+/// after it runs, wrapping); when it cannot go on, the lowest runnable TID.
+/// A [`Trace`] records only the decisions that differ from this. That a
+/// spinning thread gives way by default keeps a replay, and every trace
+/// shrinking tries, from livelocking a program whose threads spin.
+pub(crate) fn default_choice(
+    current: Option<u32>,
+    runnable: &[u32],
+    kind: Kind,
+    slice: u64,
+) -> u32 {
     match current {
+        Some(tid) if runnable.len() > 1 && (kind == Kind::Yield || slice >= DEFAULT_SLICE) => {
+            runnable
+                .iter()
+                .copied()
+                .find(|&t| t > tid)
+                .unwrap_or(runnable[0])
+        }
         Some(tid) => tid,
         None => runnable[0],
     }
@@ -76,7 +104,7 @@ struct Random {
 }
 
 impl Policy for Random {
-    fn choose(&mut self, _: u64, _: Option<u32>, runnable: &[u32], _: Kind) -> u32 {
+    fn choose(&mut self, _: u64, _: Option<u32>, runnable: &[u32], _: Kind, _: u32) -> u32 {
         runnable[self.rng.below(runnable.len() as u64) as usize]
     }
 }
@@ -145,7 +173,14 @@ impl Policy for Pct {
         self.priorities.insert(tid, priority);
     }
 
-    fn choose(&mut self, step: u64, current: Option<u32>, runnable: &[u32], kind: Kind) -> u32 {
+    fn choose(
+        &mut self,
+        step: u64,
+        current: Option<u32>,
+        runnable: &[u32],
+        kind: Kind,
+        _: u32,
+    ) -> u32 {
         if let Some(tid) = current {
             if let Some(low) = self.change_points.remove(&step) {
                 self.priorities.insert(tid, low);
@@ -186,10 +221,17 @@ impl Replay {
 }
 
 impl Policy for Replay {
-    fn choose(&mut self, step: u64, current: Option<u32>, runnable: &[u32], _: Kind) -> u32 {
+    fn choose(
+        &mut self,
+        step: u64,
+        _: Option<u32>,
+        runnable: &[u32],
+        _: Kind,
+        default: u32,
+    ) -> u32 {
         match self.switches.get(&step) {
             Some(tid) if runnable.contains(tid) => *tid,
-            _ => default_choice(current, runnable),
+            _ => default,
         }
     }
 }
@@ -219,11 +261,17 @@ mod tests {
         let mut pct = Pct::new(SplitMix64::new(1), 2, 10);
         pct.spawned(1);
         pct.spawned(2);
-        let first = pct.choose(100, None, &[1, 2], Kind::Atomic);
+        let first = pct.choose(100, None, &[1, 2], Kind::Atomic, 1);
         let other = if first == 1 { 2 } else { 1 };
-        assert_eq!(pct.choose(101, Some(first), &[1, 2], Kind::Atomic), first);
+        assert_eq!(
+            pct.choose(101, Some(first), &[1, 2], Kind::Atomic, first),
+            first
+        );
         let (&step, _) = pct.change_points.iter().next().expect("one change point");
-        assert_eq!(pct.choose(step, Some(first), &[1, 2], Kind::Atomic), other);
+        assert_eq!(
+            pct.choose(step, Some(first), &[1, 2], Kind::Atomic, first),
+            other
+        );
     }
 
     #[test]
@@ -236,10 +284,24 @@ mod tests {
     fn replay_follows_its_trace_and_defaults_elsewhere() {
         let trace: Trace = "3:2,5:1".parse().expect("a trace");
         let mut replay = Replay::new(&trace);
-        assert_eq!(replay.choose(1, Some(1), &[1, 2], Kind::Atomic), 1);
-        assert_eq!(replay.choose(3, Some(1), &[1, 2], Kind::Atomic), 2);
-        assert_eq!(replay.choose(4, None, &[1, 2], Kind::Exit), 1);
+        assert_eq!(replay.choose(1, Some(1), &[1, 2], Kind::Atomic, 1), 1);
+        assert_eq!(replay.choose(3, Some(1), &[1, 2], Kind::Atomic, 1), 2);
+        assert_eq!(replay.choose(4, None, &[1, 2], Kind::Exit, 1), 1);
         // A thread the trace names that cannot run: the default.
-        assert_eq!(replay.choose(5, Some(2), &[2], Kind::Atomic), 2);
+        assert_eq!(replay.choose(5, Some(2), &[2], Kind::Atomic, 2), 2);
+    }
+
+    #[test]
+    fn by_default_a_thread_goes_on_until_it_yields_or_its_slice_ends() {
+        let runnable = [0, 2, 5];
+        assert_eq!(default_choice(Some(2), &runnable, Kind::Atomic, 0), 2);
+        assert_eq!(default_choice(Some(2), &runnable, Kind::Yield, 0), 5);
+        assert_eq!(default_choice(Some(5), &runnable, Kind::Yield, 0), 0);
+        assert_eq!(
+            default_choice(Some(2), &runnable, Kind::Tick, DEFAULT_SLICE),
+            5
+        );
+        assert_eq!(default_choice(Some(2), &[2], Kind::Yield, DEFAULT_SLICE), 2);
+        assert_eq!(default_choice(None, &runnable, Kind::Exit, 0), 0);
     }
 }

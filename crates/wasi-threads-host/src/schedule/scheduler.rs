@@ -22,6 +22,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 /// Virtual nanoseconds per scheduling point: a program that polls a clock
 /// in a loop sees it move, deterministically.
 pub(crate) const STEP_NS: u64 = 1_000;
+/// When every thread waits, time jumps this far past the earliest deadline.
+pub(crate) const TIMER_SLACK_NS: u64 = 1_000_000;
 /// At most this many decisions are kept for the trace of a run; a longer
 /// run is still replayed exactly from its seed.
 const MAX_TRACE: usize = 1 << 20;
@@ -68,6 +70,9 @@ struct State {
     trace_complete: bool,
     switches: u64,
     preemptions: u64,
+    /// Points in a row the running thread has kept the turn while another
+    /// could have had it.
+    slice: u64,
     stopped: bool,
     deadlocked: bool,
 }
@@ -123,6 +128,7 @@ impl Scheduler {
                 trace_complete: true,
                 switches: 0,
                 preemptions: 0,
+                slice: 0,
                 stopped: false,
                 deadlocked: false,
             }),
@@ -346,7 +352,10 @@ impl Scheduler {
                 .min();
             match next {
                 Some(deadline) => {
-                    s.now = s.now.max(deadline);
+                    // Late by the slack, as a loaded machine's timers are:
+                    // sleepers due within it of each other wake together,
+                    // and the policy interleaves them.
+                    s.now = s.now.max(deadline.saturating_add(TIMER_SLACK_NS));
                     s.refill_runnable();
                 }
                 None => {
@@ -362,8 +371,8 @@ impl Scheduler {
         let step = s.step;
         let state = &mut *s;
         let runnable = &state.runnable;
-        let chosen = state.policy.choose(step, current, runnable, kind);
-        let default = policy::default_choice(current, runnable);
+        let default = policy::default_choice(current, runnable, kind, state.slice);
+        let chosen = state.policy.choose(step, current, runnable, kind, default);
         let chosen = if runnable.contains(&chosen) {
             chosen
         } else {
@@ -379,6 +388,11 @@ impl Scheduler {
         if current.is_some_and(|c| c != chosen) {
             s.preemptions += 1;
         }
+        s.slice = if current == Some(chosen) && s.runnable.len() > 1 {
+            s.slice + 1
+        } else {
+            0
+        };
         if s.running != Some(chosen) {
             s.switches += 1;
         }
