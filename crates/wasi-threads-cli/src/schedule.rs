@@ -213,9 +213,14 @@ pub fn report(
                 report.runs, module, failure.why
             );
             if failure.replayed {
+                let mut threads: Vec<u32> =
+                    failure.trace.switches().iter().map(|s| s.tid).collect();
+                threads.sort_unstable();
+                threads.dedup();
                 let _ = writeln!(
                     stderr,
-                    "wasi-threads: shrunk from {} preemptions to {} ({} forced switches)",
+                    "wasi-threads: shrunk from {} preemptions to {} ({} forced switches, to \
+                     threads {threads:?})",
                     failure.preemptions.0,
                     failure.preemptions.1,
                     failure.trace.len()

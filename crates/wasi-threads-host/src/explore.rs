@@ -328,8 +328,9 @@ fn same_failure(original: &Run, candidate: &Run, reference: Option<&[u8]>) -> bo
     }
 }
 
-/// Drops switches from the failing run's trace, chunks first, then one by
-/// one (delta debugging), keeping every candidate whose replay still fails
+/// Drops switches from the failing run's trace: all those to one thread at
+/// a time first (fewer threads in the interleaving), then chunks, then one
+/// by one (delta debugging), keeping every candidate whose replay still fails
 /// the same way, within `config.shrink_runs` runs.
 fn shrink(
     config: &Explore,
@@ -372,6 +373,27 @@ fn shrink(
     };
     let replayed = best.is_some();
     if replayed {
+        // Fewer threads first: every switch to one thread at once, for each
+        // thread the trace switches to.
+        let mut tids: Vec<u32> = trace.switches().iter().map(|s| s.tid).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        for tid in tids {
+            let kept: Vec<_> = trace
+                .switches()
+                .iter()
+                .copied()
+                .filter(|s| s.tid != tid)
+                .collect();
+            if kept.len() == trace.len() {
+                continue;
+            }
+            let candidate = Trace::new(kept);
+            if let Some(result) = attempt(&candidate, &mut budget) {
+                trace = candidate;
+                best = Some(result);
+            }
+        }
         let mut chunk = trace.len().div_ceil(2).max(1);
         loop {
             let mut start = 0;
