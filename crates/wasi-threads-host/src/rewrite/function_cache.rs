@@ -355,7 +355,7 @@ fn checksum(key: &[u8], value: &[u8]) -> [u8; 16] {
 /// fits the format.
 fn encode_pack(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Option<(String, Vec<u8>, u64)> {
     let mut seen = HashSet::new();
-    let entries: Vec<_> = entries
+    let mut entries: Vec<_> = entries
         .into_iter()
         .filter(|(key, value)| {
             u32::try_from(key.len()).is_ok() && u32::try_from(value.len()).is_ok()
@@ -363,6 +363,10 @@ fn encode_pack(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Option<(String, Vec<u8>, u64
         .map(|(key, value)| (key_hash(&key), key, value))
         .filter(|(hash, _, _)| seen.insert(*hash))
         .collect();
+    // In key order, not in the order the compile threads finished: one
+    // module's pack is then the same bytes, and the same name, in every
+    // process.
+    entries.sort_unstable_by_key(|(hash, _, _)| *hash);
     if entries.is_empty() {
         return None;
     }
