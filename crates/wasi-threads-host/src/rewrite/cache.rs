@@ -124,7 +124,7 @@ impl ModuleCache {
         match store(&guest, dir, &module_path, &map_path) {
             Ok(()) => {
                 log::debug!("module compiled and cached ({})", module_path.display());
-                evict(dir, self.max_size, &key);
+                evict(dir, self.max_size, &key, "module cache", module_cache_file);
             }
             Err(e) => log::debug!(
                 "cannot cache the compiled module in {}: {e:#}",
@@ -168,12 +168,29 @@ fn cache_key(
     hasher.finalize().to_hex().to_string()
 }
 
-/// Removes the entries of `dir` used least recently (by the modification
-/// time of their files, which a cache hit renews) until the rest fit in
-/// `max_size` bytes, never `keep`; and temporary files a dead process left.
+/// What a file in a cache directory is, to the cache that owns it.
+pub(super) enum CacheFile {
+    /// Part of the entry with this key (an entry may be several files).
+    Entry(String),
+    /// A file being written, or one a dead process left half written.
+    Temporary,
+    /// Not the cache's: left alone.
+    Other,
+}
+
+/// Removes the entries of `dir` used least recently (by the newest
+/// modification time of their files, which a cache hit renews) until the
+/// rest fit in `max_size` bytes, never `keep`; and temporary files a dead
+/// process left. `classify` tells the cache's own files from the rest.
 /// Anything that cannot be read or removed is skipped: another process may
-/// be evicting too.
-fn evict(dir: &Path, max_size: u64, keep: &str) {
+/// be evicting too. Shared by the module cache and the function cache.
+pub(super) fn evict(
+    dir: &Path,
+    max_size: u64,
+    keep: &str,
+    cache: &str,
+    classify: impl Fn(&str) -> CacheFile,
+) {
     let Ok(listing) = std::fs::read_dir(dir) else {
         return;
     };
@@ -189,28 +206,20 @@ fn evict(dir: &Path, max_size: u64, keep: &str) {
         }
         let path = file.path();
         let modified = meta.modified().unwrap_or(now);
-        let name = file.file_name().to_string_lossy().into_owned();
-        // Only this cache's own files: a BLAKE3 key in hex, then the kind.
-        let Some((key, extension)) = name.split_once('.') else {
-            continue;
-        };
-        if !(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())) {
-            continue;
-        }
-        if extension.starts_with("tmp") {
-            if now.duration_since(modified).unwrap_or_default() > STALE_TEMPORARY {
-                let _ = std::fs::remove_file(&path);
+        let key = match classify(&file.file_name().to_string_lossy()) {
+            CacheFile::Entry(key) => key,
+            CacheFile::Temporary => {
+                if now.duration_since(modified).unwrap_or_default() > STALE_TEMPORARY {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
             }
-            continue;
-        }
-        if !(extension == "cwasm" || extension == "map") {
-            continue;
-        }
+            CacheFile::Other => continue,
+        };
         total += meta.len();
-        let entry =
-            entries
-                .entry(key.to_string())
-                .or_insert((SystemTime::UNIX_EPOCH, 0, Vec::new()));
+        let entry = entries
+            .entry(key)
+            .or_insert((SystemTime::UNIX_EPOCH, 0, Vec::new()));
         entry.0 = entry.0.max(modified);
         entry.1 += meta.len();
         entry.2.push(path);
@@ -229,7 +238,7 @@ fn evict(dir: &Path, max_size: u64, keep: &str) {
         if total <= max_size {
             break;
         }
-        // The module first: a map alone is never loaded.
+        // A module before its map: a map alone is never loaded.
         let mut files = files;
         files.sort_by_key(|f| f.extension().is_some_and(|x| x == "map"));
         for file in &files {
@@ -238,9 +247,22 @@ fn evict(dir: &Path, max_size: u64, keep: &str) {
         total = total.saturating_sub(size);
         removed += 1;
     }
-    log::debug!(
-        "module cache over {max_size} bytes: removed {removed} least recently used entries"
-    );
+    log::debug!("{cache} over {max_size} bytes: removed {removed} least recently used entries");
+}
+
+/// The module cache's files: a BLAKE3 key in hex, then the kind.
+fn module_cache_file(name: &str) -> CacheFile {
+    let Some((key, extension)) = name.split_once('.') else {
+        return CacheFile::Other;
+    };
+    if !(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return CacheFile::Other;
+    }
+    match extension {
+        x if x.starts_with("tmp") => CacheFile::Temporary,
+        "cwasm" | "map" => CacheFile::Entry(key.to_string()),
+        _ => CacheFile::Other,
+    }
 }
 
 /// Adds the module's bytes to the key: on all cores when there are enough

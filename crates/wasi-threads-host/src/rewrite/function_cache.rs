@@ -30,6 +30,7 @@
 //! the rest fit in [`FunctionCache::max_size`] bytes. A pack larger than the
 //! bound on its own is not written.
 
+use super::cache::{CacheFile, evict};
 use parking_lot::{Mutex, RwLock};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -38,7 +39,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use wasmtime::{CacheStore, Config, Result};
 
 /// The most bytes a [`FunctionCache`] keeps in its directory unless told
@@ -53,9 +54,6 @@ const HEADER_LEN: usize = 8 + 8 + 16;
 /// Key hash, offset, key length, value length, checksum.
 const INDEX_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 16;
 const PACK_EXTENSION: &str = "pack";
-/// Temporary files older than this are left over from a process that died
-/// while writing a pack.
-const STALE_TEMPORARY: Duration = Duration::from_secs(600);
 
 /// Cranelift's incremental compilation cache, on disk and bounded in size.
 ///
@@ -264,7 +262,7 @@ impl FunctionCache {
                 Err(e) => log::debug!("function cache pack {}: {e}", path.display()),
             }
         }
-        evict(&inner.dir, max_size, &name);
+        evict(&inner.dir, max_size, &name, "function cache", pack_file);
         Ok(())
     }
 
@@ -542,48 +540,13 @@ fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::R
     Ok(())
 }
 
-/// Removes the packs of `dir` used least recently (by modification time,
-/// which a hit renews) until the rest fit in `max_size` bytes, never `keep`;
-/// and temporary files a dead process left. Anything that cannot be read or
-/// removed is skipped: another process may be evicting too.
-fn evict(dir: &Path, max_size: u64, keep: &str) {
-    let Ok(listing) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let now = SystemTime::now();
-    let mut packs = Vec::new();
-    let mut total = 0u64;
-    for file in listing.filter_map(|e| e.ok()) {
-        let Ok(meta) = file.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let path = file.path();
-        let modified = meta.modified().unwrap_or(now);
-        let name = file.file_name().to_string_lossy().into_owned();
-        if name.contains(&format!(".{PACK_EXTENSION}.tmp")) {
-            let age = now.duration_since(modified).unwrap_or_default();
-            if age > STALE_TEMPORARY {
-                let _ = std::fs::remove_file(&path);
-            }
-            continue;
-        }
-        if !name.ends_with(&format!(".{PACK_EXTENSION}")) {
-            continue;
-        }
-        total += meta.len();
-        if name != keep {
-            packs.push((modified, meta.len(), path));
-        }
-    }
-    packs.sort_by_key(|(modified, _, _)| *modified);
-    for (_, len, path) in packs {
-        if total <= max_size {
-            break;
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            log::debug!("evicted {} from the function cache", path.display());
-        }
-        total = total.saturating_sub(len);
+/// The function cache's files: packs, and packs being written.
+fn pack_file(name: &str) -> CacheFile {
+    if name.contains(&format!(".{PACK_EXTENSION}.tmp")) {
+        CacheFile::Temporary
+    } else if name.ends_with(&format!(".{PACK_EXTENSION}")) {
+        CacheFile::Entry(name.to_string())
+    } else {
+        CacheFile::Other
     }
 }
