@@ -516,7 +516,7 @@ fn unknown_and_unsupported_options_are_usage_errors_naming_them() {
         ),
         (&["-O", "opt-level=3", path], "opt-level=3"),
         (&["-O", "memory-reservation=0", path], "memory-reservation"),
-        (&["-C", "compiler=winch", path], "winch"),
+        (&["-C", "compiler=llvm", path], "llvm"),
         (
             &["-C", "cranelift-debug-verifier", path],
             "cranelift-debug-verifier",
@@ -694,6 +694,55 @@ fn flag_codegen_parallel_compilation_n_compiles_on_one_thread() {
         &cli(&["-C", "parallel-compilation=2", path.to_str().unwrap()]),
         &["parallel-compilation", "2"],
     );
+}
+
+#[test]
+fn flag_codegen_compiler_winch_runs_threads_stops_and_caches_apart() {
+    // Winch, the baseline compiler (issue 30: a first run compiles about 4x
+    // faster), runs the same rewritten module: threads, a trap's exit code
+    // and backtrace, and a timeout's stop all behave as under Cranelift; the
+    // cache keeps the two compilers' code apart.
+    let scratch = Scratch::new("flag-winch");
+    let pthreads = fixture("c-pthreads.wasm");
+    let pthreads = pthreads.to_str().unwrap();
+    let winch = cli_cached(&scratch, &["-C", "compiler=winch", pthreads], "warn");
+    assert_exit(&winch, 0);
+    assert!(
+        winch.stdout.ends_with("c-pthreads ok\n"),
+        "{}",
+        winch.stdout
+    );
+    assert_eq!(cache_entries(&scratch), 1);
+    let cranelift = cli_cached(&scratch, &["-C", "compiler=cranelift", pthreads], "warn");
+    assert_exit(&cranelift, 0);
+    assert_eq!(cranelift.stdout, winch.stdout);
+    assert_eq!(cache_entries(&scratch), 2, "one entry per compiler");
+    let again = cli_cached(&scratch, &["-C", "compiler=winch", pthreads], "warn");
+    assert_exit(&again, 0);
+    assert_eq!(again.stdout, winch.stdout);
+    assert_eq!(cache_entries(&scratch), 2);
+
+    let trap = fixture("c-trap-thread.wasm");
+    let run = cli(&["--no-cache", "-C", "compiler=winch", trap.to_str().unwrap()]);
+    assert_exit(&run, 134);
+    assert!(run.stderr.contains("thread 1 trapped"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("c-trap-thread.wasm!worker"),
+        "{}",
+        run.stderr
+    );
+
+    let infinite = fixture("c-infinite.wasm");
+    let run = cli(&[
+        "--no-cache",
+        "-C",
+        "compiler=winch",
+        "--timeout",
+        "300ms",
+        infinite.to_str().unwrap(),
+    ]);
+    assert_exit(&run, 124);
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
 }
 
 #[test]

@@ -253,6 +253,9 @@ fn engine(
     if let Some(level) = options.opt_level {
         config.cranelift_opt_level(level);
     }
+    if let Some(compiler) = options.compiler {
+        config.strategy(compiler);
+    }
     for (feature, enable) in &options.features {
         feature.apply(&mut config, *enable);
     }
@@ -275,7 +278,13 @@ fn engine(
     // Functions a module shares with modules compiled before (a suite's
     // other test binaries) come from the function cache. Its keys include
     // the compiler's settings, so entries never cross opt levels or targets.
-    let functions = if no_cache { None } else { function_cache()? };
+    // Winch has no incremental compilation: nothing to share there.
+    let winch = matches!(options.compiler, Some(wasmtime::Strategy::Winch));
+    let functions = if no_cache || winch {
+        None
+    } else {
+        function_cache()?
+    };
     if let Some(functions) = &functions {
         functions.enable(&mut config)?;
     }
