@@ -18,7 +18,9 @@
 //! - `floor`: the plain Wasmtime 48 engine of this build compiling the
 //!   unmodified module (no rewrite, no cache: `wasi-threads-bench --floor`);
 //! - `before-first` / `before-nocache`: with `--before PATH`, an older build
-//!   of the CLI, for a before/after comparison in one run.
+//!   of the CLI, for a before/after comparison in one run;
+//! - `ours-winch` / `wt36-winch`: with `--winch`, both CLIs' first runs
+//!   (empty caches) with `-C compiler=winch`, the baseline compiler.
 //!
 //! Times are medians over the rounds; ratios are medians of the same-round
 //! ratios. Every run's stdout must equal the floor's. Afterwards the sizes of
@@ -28,8 +30,8 @@
 //!
 //! Options: `--rounds N` (default 5), `--cli PATH` (default: `wasi-threads`
 //! beside this binary), `--wasmtime PATH` (default: `$WASMTIME`, else
-//! `wasmtime` on PATH; left out when absent), `--before PATH`, `--hogs`
-//! (measure with one CPU-hog thread per core).
+//! `wasmtime` on PATH; left out when absent), `--before PATH`, `--winch`,
+//! `--hogs` (measure with one CPU-hog thread per core).
 
 use crate::harness::find_wasmtime;
 use crate::harness::hogs::Hogs;
@@ -48,6 +50,8 @@ enum Runner {
     Wt36First,
     Wt36NoCache,
     Floor,
+    OursWinch,
+    Wt36Winch,
 }
 
 impl Runner {
@@ -60,6 +64,8 @@ impl Runner {
             Runner::Wt36First => "wt36-first",
             Runner::Wt36NoCache => "wt36-nocache",
             Runner::Floor => "floor",
+            Runner::OursWinch => "ours-winch",
+            Runner::Wt36Winch => "wt36-winch",
         }
     }
 }
@@ -87,6 +93,7 @@ impl Setup {
         let mut cmd = match runner {
             Runner::OursFirst
             | Runner::OursNoCache
+            | Runner::OursWinch
             | Runner::BeforeFirst
             | Runner::BeforeNoCache => {
                 let cli = match runner {
@@ -101,16 +108,22 @@ impl Setup {
                 } else {
                     empty_cache(&mut cmd);
                 }
+                if runner == Runner::OursWinch {
+                    cmd.args(["-C", "compiler=winch"]);
+                }
                 cmd.arg("--").arg(&self.module);
                 cmd
             }
-            Runner::Wt36First | Runner::Wt36NoCache => {
+            Runner::Wt36First | Runner::Wt36NoCache | Runner::Wt36Winch => {
                 let mut cmd = Command::new(self.wasmtime.as_ref().expect("wasmtime"));
                 cmd.args(["run", "-W", "threads=y", "-S", "threads=y"]);
                 if runner == Runner::Wt36NoCache {
                     cmd.args(["-C", "cache=n"]);
                 } else {
                     empty_cache(&mut cmd);
+                }
+                if runner == Runner::Wt36Winch {
+                    cmd.args(["-C", "compiler=winch"]);
                 }
                 cmd.arg("--").arg(&self.module);
                 cmd
@@ -169,15 +182,15 @@ fn usage(why: &str) -> ExitCode {
     eprintln!(
         "wasi-threads-bench cold: {why}\n\
          usage: wasi-threads-bench cold [--rounds N] [--cli PATH] [--wasmtime PATH] \
-         [--before PATH] [--hogs] [MODULE [ARGS...]]"
+         [--before PATH] [--winch] [--hogs] [MODULE [ARGS...]]"
     );
     ExitCode::from(2)
 }
 
 pub fn main(args: Vec<String>) -> ExitCode {
     let me = std::env::current_exe().expect("current exe");
-    let (mut rounds, mut cli, mut wasmtime, mut before, mut hogs) =
-        (5usize, None, None, None, false);
+    let (mut rounds, mut cli, mut wasmtime, mut before, mut hogs, mut winch) =
+        (5usize, None, None, None, false, false);
     let mut it = args.into_iter();
     let mut rest = Vec::new();
     while let Some(a) = it.next() {
@@ -196,6 +209,10 @@ pub fn main(args: Vec<String>) -> ExitCode {
             "--before" => value().map(|v| before = Some(PathBuf::from(v))),
             "--hogs" => {
                 hogs = true;
+                Ok(())
+            }
+            "--winch" => {
+                winch = true;
                 Ok(())
             }
             _ => {
@@ -235,6 +252,12 @@ pub fn main(args: Vec<String>) -> ExitCode {
         runners.extend([Runner::Wt36First, Runner::Wt36NoCache]);
     }
     runners.push(Runner::Floor);
+    if winch {
+        runners.push(Runner::OursWinch);
+        if setup.wasmtime.is_some() {
+            runners.push(Runner::Wt36Winch);
+        }
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "cold start: {} {} ({:.1} MB), {rounds} rounds, {}; ours {} ({}){}; wt36 {} (load before: {})",
@@ -301,6 +324,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
         (Runner::Floor, Runner::Wt36NoCache),
         (Runner::OursFirst, Runner::BeforeFirst),
         (Runner::OursNoCache, Runner::BeforeNoCache),
+        (Runner::OursWinch, Runner::Wt36First),
+        (Runner::OursWinch, Runner::Wt36Winch),
     ] {
         if let (Some(x), Some(y)) = (at(a), at(b)) {
             let same_round = times[x].iter().zip(&times[y]).map(|(p, q)| p / q);
